@@ -1,0 +1,42 @@
+# xrdid — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 resolves to the local CPU build on this project's machines; elsewhere pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to avoid the CUDA wheels on a CPU-only box.
+TORCH_INDEX ?=
+PYTEST_WORKERS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run repro test test-fast bench rruff ui clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+run: venv ## run the whole pipeline (dvc repro) on the embedded default, push data to the DVC remote
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/dvc push -q
+
+repro: run
+
+test: venv ## run the test suite
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+test-fast: venv ## run the tests that need no ../shared data and are not slow
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+
+bench: venv ## run the benchmarks (ratios against references measured in the same run)
+	$(BIN)/python benchmarks/simulate.py
+
+clean: ## remove pipeline outputs (keeps .venv and the DVC cache)
+	rm -rf data/library data/patterns data/noise_bank data/augmented

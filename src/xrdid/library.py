@@ -1,0 +1,453 @@
+"""The CIF library: the ``library`` stage and the compact crystal store.
+
+Sources are the CoRE MOF datasets shipped by the ``core-mof`` package (read in
+one streaming pass over its ``.tar.xz``) or any folder of CIFs. Each CIF is
+parsed once, in parallel, into a :class:`Crystal` (lattice, atomic numbers,
+fractional coordinates, occupancies); later stages read ``structures.npz``
+and never parse a CIF again. A CIF that cannot be used is recorded in
+``rejects.csv`` with its reason while the rest go on.
+
+Output folder layout::
+
+    cif/<id>.cif        the CIFs, byte for byte
+    index.csv           id, source, formula, reduced_formula, spacegroup, spacegroup_number,
+                        n_atoms, volume, density, refcode, sha256
+    rejects.csv         id, file, reason
+    structures.npz      ids, lattice (n, 3, 3), offsets (n + 1), numbers, frac_coords, occupancies
+
+Examples
+--------
+>>> lib = Library.load("data/library")  # doctest: +SKIP
+>>> lib.crystal(0).formula  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import re
+import tarfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from multiprocessing import Pool
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from xrdid.config import load_params
+from xrdid.errors import InputError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = [
+    "id", "source", "formula", "reduced_formula", "spacegroup", "spacegroup_number",
+    "n_atoms", "volume", "density", "refcode", "sha256",
+]
+# CSD refcodes: six capital letters, optionally two digits (RUBTAK01_SL -> RUBTAK).
+_REFCODE = re.compile(r"^([A-Z]{6})(\d{2})?(?:_|$)")
+
+
+@dataclass
+class Crystal:
+    """What diffraction needs of a structure: one row per (site, species) with its occupancy.
+
+    Parameters
+    ----------
+    id : library id (the CIF file's stem).
+    lattice : (3, 3) lattice vectors as rows, Å.
+    numbers : (n,) atomic numbers.
+    frac_coords : (n, 3) fractional coordinates.
+    occupancies : (n,) site occupancies of each species.
+
+    Examples
+    --------
+    >>> c = Crystal("Po", 3.35 * np.eye(3), np.array([84]), np.zeros((1, 3)), np.ones(1))
+    >>> c.formula, round(c.volume, 2)
+    ('Po1', 37.6)
+    """
+
+    id: str
+    lattice: np.ndarray
+    numbers: np.ndarray
+    frac_coords: np.ndarray
+    occupancies: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_structure(cls, id: str, structure: Structure) -> Crystal:
+        """Flatten a pymatgen ``Structure`` (disordered sites become one row per species)."""
+        rows = [
+            (sp.Z, site.frac_coords, occu)
+            for site in structure
+            for sp, occu in site.species.items()
+        ]
+        if not rows:
+            raise ValueError("no atoms")
+        numbers, frac, occ = zip(*rows)
+        return cls(
+            id=id,
+            lattice=np.array(structure.lattice.matrix, dtype=float),
+            numbers=np.array(numbers, dtype=np.int16),
+            frac_coords=np.array(frac, dtype=float),
+            occupancies=np.array(occ, dtype=float),
+        )
+
+    @classmethod
+    def from_cif(cls, path: str | Path) -> Crystal:
+        """Parse one CIF file; raises :class:`InputError` naming the file and the problem."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(path, f"cannot read file ({exc.strerror or exc})") from exc
+        structure, problem = _parse_cif(data)
+        if structure is None:
+            raise InputError(path, problem)
+        return cls.from_structure(path.stem, structure)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    @property
+    def formula(self) -> str:
+        from pymatgen.core import Composition, Element
+
+        amounts: dict[str, float] = {}
+        for z, occ in zip(self.numbers.tolist(), self.occupancies.tolist()):
+            symbol = Element.from_Z(z).symbol
+            amounts[symbol] = amounts.get(symbol, 0.0) + occ
+        return Composition(amounts).formula.replace(" ", "")
+
+    def to_structure(self) -> Structure:
+        """Back to a pymatgen ``Structure`` (for checks against pymatgen)."""
+        from pymatgen.core import Element, Lattice, Structure
+
+        species = [{Element.from_Z(int(z)): float(o)} for z, o in zip(self.numbers, self.occupancies)]
+        return Structure(Lattice(self.lattice), species, self.frac_coords)
+
+
+def _parse_cif(data: bytes) -> tuple[Structure | None, str]:
+    """Parse CIF bytes into a Structure, or (None, reason)."""
+    from pymatgen.io.cif import CifParser
+
+    if not data.strip():
+        return None, "empty file"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if "_cell_length_a" not in text and "_cell_length_b" not in text:
+        return None, "not a CIF (no _cell_length_a)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structures = CifParser.from_str(text).parse_structures(primitive=False, on_error="raise")
+    except Exception as exc:  # pymatgen raises many kinds of errors on malformed CIFs
+        message = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return None, f"CIF parse error: {message}"
+    if not structures:
+        return None, "CIF parse error: no structure"
+    structure = structures[0]
+    if len(structure) == 0:
+        return None, "no atoms"
+    return structure, ""
+
+
+@dataclass(frozen=True)
+class LibraryFilters:
+    """Which parsed structures to keep (the filter keys of the ``library`` params section)."""
+
+    max_atoms: int | None = None
+    elements_allowed: frozenset[str] = frozenset()
+    elements_required: frozenset[str] = frozenset()
+    partial_occupancy: str = "keep"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> LibraryFilters:
+        policy = str(params.get("partial_occupancy", "keep"))
+        if policy not in ("keep", "reject"):
+            raise ValueError(f"partial_occupancy must be keep or reject, not {policy!r}")
+        return cls(
+            max_atoms=params.get("max_atoms"),
+            elements_allowed=frozenset(params.get("elements_allowed") or ()),
+            elements_required=frozenset(params.get("elements_required") or ()),
+            partial_occupancy=policy,
+        )
+
+    def problem(self, structure: Structure) -> str:
+        """Why ``structure`` is filtered out, or '' to keep it."""
+        from pymatgen.core import DummySpecies
+
+        if any(isinstance(sp, DummySpecies) for site in structure for sp in site.species):
+            return "dummy species (no element) in the structure"
+        if self.max_atoms and len(structure) > self.max_atoms:
+            return f"cell of {len(structure)} atoms is over max_atoms={self.max_atoms} (memory budget)"
+        if self.partial_occupancy == "reject" and not structure.is_ordered:
+            n = sum(1 for site in structure if not site.is_ordered)
+            return f"partial occupancy not supported ({n} disordered sites)"
+        elements = {el.symbol for el in structure.composition.elements}
+        if self.elements_allowed and not elements <= self.elements_allowed:
+            return f"elements {sorted(elements - self.elements_allowed)} not in elements_allowed"
+        if self.elements_required and not self.elements_required <= elements:
+            return f"missing required elements {sorted(self.elements_required - elements)}"
+        return ""
+
+
+def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]:
+    """Worker: parse and describe one CIF; never raises."""
+    entry_id, data, filters = job
+    structure, problem = _parse_cif(data)
+    if structure is None:
+        return entry_id, data, None, None, problem
+    try:
+        problem = filters.problem(structure)
+        if problem:
+            return entry_id, data, None, None, problem
+        crystal = Crystal.from_structure(entry_id, structure)
+        try:
+            symbol, number = structure.get_space_group_info(symprec=0.1)
+        except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
+            symbol, number = "", 0
+        match = _REFCODE.match(entry_id)
+        row = {
+            "id": entry_id,
+            "formula": structure.composition.formula.replace(" ", ""),
+            "reduced_formula": structure.composition.reduced_formula,
+            "spacegroup": symbol,
+            "spacegroup_number": number,
+            "n_atoms": len(structure),
+            "volume": round(structure.volume, 4),
+            "density": round(float(structure.density), 5),
+            "refcode": match.group(1) if match else "",
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        return entry_id, data, row, crystal, ""
+    except Exception as exc:  # one odd structure must not stop the stage
+        return entry_id, data, None, None, f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def core_mof_archive(dataset: str) -> Path:
+    """Path of the ``.tar.xz`` that the ``core-mof`` package ships for ``dataset``."""
+    import CoRE_MOF
+
+    if dataset not in CoRE_MOF.list_datasets():
+        raise ValueError(f"unknown core-mof dataset {dataset!r}; choose one of {CoRE_MOF.list_datasets()}")
+    return Path(str(resources.files(CoRE_MOF.data) / f"{dataset}.tar.xz"))
+
+
+def core_mof_ids(dataset: str) -> list[str]:
+    """Ids (CIF stems) of a core-mof dataset, from the table the package ships beside the archive."""
+    import CoRE_MOF
+
+    core_mof_archive(dataset)  # validates the name
+    return list(CoRE_MOF.list_structures(dataset))
+
+
+def _is_cif(member: tarfile.TarInfo) -> bool:
+    name = member.name.rsplit("/", 1)[-1]
+    return member.isfile() and member.size > 0 and name.endswith(".cif") and not name.startswith(".")
+
+
+def _stem(name: str) -> str:
+    return name.rsplit("/", 1)[-1][: -len(".cif")]
+
+
+def _select(ids: list[str], select: Any, seed: int) -> list[str]:
+    """Apply ``select``: 'all', an int N (seeded sample, kept in source order) or a list of ids."""
+    if select in (None, "all"):
+        return ids
+    if isinstance(select, int):
+        if select <= 0:
+            raise ValueError("select must be positive")
+        if select >= len(ids):
+            return ids
+        chosen = np.random.default_rng(seed).choice(len(ids), size=select, replace=False)
+        return [ids[i] for i in sorted(chosen)]
+    if isinstance(select, list | tuple):
+        wanted = [str(s) for s in select]
+        unknown = sorted(set(wanted) - set(ids))
+        if unknown:
+            raise ValueError(f"unknown ids in select: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        return [i for i in ids if i in set(wanted)]
+    raise ValueError(f"select must be 'all', a number or a list of ids, not {select!r}")
+
+
+def iter_core_mof(dataset: str, ids: set[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (id, bytes) of the wanted CIFs in one streaming pass over the archive."""
+    with tarfile.open(core_mof_archive(dataset), mode="r|xz") as tar:
+        for member in tar:
+            if _is_cif(member) and _stem(member.name) in ids:
+                yield _stem(member.name), tar.extractfile(member).read()
+
+
+def iter_folder(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    for path in paths:
+        try:
+            yield path.stem, path.read_bytes()
+        except OSError as exc:
+            log.warning("library: cannot read %s: %s", path, exc)
+            yield path.stem, b""
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class Library:
+    """A built library folder: the index table and every entry's :class:`Crystal`."""
+
+    folder: Path
+    index: pd.DataFrame
+    ids: list[str]
+    lattice: np.ndarray
+    offsets: np.ndarray
+    numbers: np.ndarray
+    frac_coords: np.ndarray
+    occupancies: np.ndarray
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Library:
+        folder = Path(folder)
+        try:
+            store = np.load(folder / "structures.npz")
+            index = pd.read_csv(folder / "index.csv", dtype={"id": str, "refcode": str}, keep_default_na=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(folder, f"not a library folder ({exc})") from exc
+        return cls(folder, index, [str(i) for i in store["ids"]],
+                   **{k: store[k] for k in ("lattice", "offsets", "numbers", "frac_coords", "occupancies")})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def crystal(self, i: int) -> Crystal:
+        sl = slice(self.offsets[i], self.offsets[i + 1])
+        return Crystal(self.ids[i], self.lattice[i], self.numbers[sl], self.frac_coords[sl], self.occupancies[sl])
+
+
+def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = True) -> Library:
+    """Run the ``library`` stage with the ``library`` params section; see the module docstring.
+
+    Raises :class:`InputError` only when the source is unusable or nothing usable is left.
+    """
+    source = params.get("source", "core-mof")
+    seed = int(params.get("seed", 0))
+    workers = int(params.get("workers", 2))
+    filters = LibraryFilters.from_params(params)
+    try:
+        if source == "core-mof":
+            dataset = str(params.get("dataset", "2019-ASR"))
+            ids = _select(core_mof_ids(dataset), params.get("select", "all"), seed)
+            entries = iter_core_mof(dataset, set(ids))
+            label = f"core-mof:{dataset}"
+        elif source == "folder":
+            folder = Path(str(params.get("folder") or ""))
+            if not folder.is_dir():
+                raise InputError(folder, "CIF folder not found")
+            paths = {p.stem: p for p in sorted(folder.glob("*.cif"))}
+            if not paths:
+                raise InputError(folder, "no *.cif files in folder")
+            ids = _select(list(paths), params.get("select", "all"), seed)
+            entries = iter_folder([paths[i] for i in ids])
+            label = str(folder)
+        else:
+            raise ValueError(f"library source must be core-mof or folder, not {source!r}")
+    except ValueError as exc:
+        raise InputError("params.yaml", f"library: {exc}") from exc
+
+    out = Path(out_dir)
+    (out / "cif").mkdir(parents=True, exist_ok=True)
+    for old in (out / "cif").glob("*.cif"):  # a rebuilt library holds exactly its own CIFs
+        old.unlink()
+    rows: list[dict[str, Any]] = []
+    crystals: list[Crystal] = []
+    rejects: list[tuple[str, str]] = []
+    jobs = ((entry_id, data, filters) for entry_id, data in entries)
+    bar = tqdm(total=len(ids), desc="library", unit="cif", disable=not progress)
+    with Pool(workers) if workers > 1 else _NoPool() as pool:
+        for entry_id, data, row, crystal, problem in pool.imap(_parse_entry, jobs, chunksize=8):
+            bar.update()
+            if row is None:
+                rejects.append((entry_id, problem))
+                continue
+            (out / "cif" / f"{entry_id}.cif").write_bytes(data)
+            rows.append({**row, "source": label})
+            crystals.append(crystal)
+    bar.close()
+
+    seen = {c.id for c in crystals} | {r[0] for r in rejects}
+    rejects += [(entry_id, "not found in the source") for entry_id in ids if entry_id not in seen]
+    _write_rejects(out / "rejects.csv", rejects)
+    for entry_id, problem in rejects:
+        log.warning("library: %s rejected: %s", entry_id, problem)
+    if not crystals:
+        raise InputError(label, f"no usable CIF among {len(ids)} (see {out / 'rejects.csv'})")
+    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(out / "index.csv", index=False)
+    np.savez(
+        out / "structures.npz",
+        ids=np.array([c.id for c in crystals]),
+        lattice=np.stack([c.lattice for c in crystals]),
+        offsets=np.r_[0, np.cumsum([len(c.numbers) for c in crystals])].astype(np.int64),
+        numbers=np.concatenate([c.numbers for c in crystals]).astype(np.int16),
+        frac_coords=np.concatenate([c.frac_coords for c in crystals]),
+        occupancies=np.concatenate([c.occupancies for c in crystals]),
+    )
+    log.info("library: %d entries in %s, %d rejected", len(crystals), out, len(rejects))
+    return Library.load(out)
+
+
+def _write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "reason"])
+        writer.writerows(rejects)
+
+
+class _NoPool:
+    """In-process stand-in for ``multiprocessing.Pool`` when workers == 1."""
+
+    def __enter__(self) -> _NoPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def imap(func, iterable, chunksize: int = 1):  # noqa: ANN001, ANN205
+        return map(func, iterable)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("library", help="stage: build the CIF library (index, rejects, parsed structures)")
+    p.add_argument("--params", default="params.yaml", help="parameter file (section library)")
+    p.add_argument("--out", default="data/library", help="output folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_library)
+
+
+def _cmd_library(args: argparse.Namespace) -> int:
+    build_library(load_params(args.params, "library"), args.out, progress=not args.no_progress)
+    return 0
+
+
+def read_rejects(folder: str | Path) -> pd.DataFrame:
+    """The rejects table of a library folder."""
+    return pd.read_csv(io.StringIO(Path(folder, "rejects.csv").read_text()), keep_default_na=False)

@@ -1,0 +1,123 @@
+"""The library stage: sources, filters, rejects, and the parsed-structure store."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from xrdid.errors import InputError
+from xrdid.library import Crystal, Library, build_library, core_mof_ids, read_rejects
+
+DATA = Path(__file__).parent / "data"
+NACL = (DATA / "nacl.cif").read_text()
+
+BAD_CIFS = {
+    "empty": ("", "empty file"),
+    "garbage": ("this is not a crystal\n\x00\x01 at all", "not a CIF"),
+    "truncated": (NACL[: NACL.index("loop_\n _atom_site_label")], "parse error"),
+    "no_atoms": (NACL[: NACL.index("  Na1")], "parse error|no atoms"),
+}
+
+
+@pytest.fixture
+def cif_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(NACL)
+    (folder / "cuau.cif").write_bytes((DATA / "partial_occupancy.cif").read_bytes())
+    for name, (text, _) in BAD_CIFS.items():
+        (folder / f"{name}.cif").write_text(text)
+    return folder
+
+
+def test_bad_cifs_are_recorded_and_the_rest_go_on(cif_folder: Path, tmp_path: Path) -> None:
+    lib = build_library({"source": "folder", "folder": str(cif_folder), "workers": 2}, tmp_path / "lib",
+                        progress=False)
+    assert lib.ids == ["cuau", "nacl"]
+    rejects = read_rejects(tmp_path / "lib").set_index("id")["reason"]
+    assert set(rejects.index) == set(BAD_CIFS)
+    for name, (_, reason) in BAD_CIFS.items():
+        assert pd.Series([rejects[name]]).str.contains(reason).all(), (name, rejects[name])
+    # the CIFs are copied byte for byte and hashed
+    index = lib.index.set_index("id")
+    assert (tmp_path / "lib" / "cif" / "nacl.cif").read_text() == NACL
+    assert index.loc["nacl", "sha256"] == hashlib.sha256(NACL.encode()).hexdigest()
+    assert index.loc["nacl", "spacegroup"] == "Fm-3m" and index.loc["nacl", "spacegroup_number"] == 225
+    assert index.loc["nacl", "reduced_formula"] == "NaCl" and index.loc["nacl", "n_atoms"] == 8
+
+
+def test_partial_occupancy_policy(cif_folder: Path, tmp_path: Path) -> None:
+    params = {"source": "folder", "folder": str(cif_folder), "workers": 1, "partial_occupancy": "reject"}
+    lib = build_library(params, tmp_path / "lib", progress=False)
+    assert lib.ids == ["nacl"]
+    assert "partial occupancy not supported" in read_rejects(tmp_path / "lib").set_index("id")["reason"]["cuau"]
+
+
+def test_filters(cif_folder: Path, tmp_path: Path) -> None:
+    base = {"source": "folder", "folder": str(cif_folder), "workers": 1}
+    assert build_library({**base, "elements_required": ["Cu"]}, tmp_path / "a", progress=False).ids == ["cuau"]
+    assert build_library({**base, "elements_allowed": ["Na", "Cl"]}, tmp_path / "b", progress=False).ids == ["nacl"]
+    reasons = read_rejects(tmp_path / "b").set_index("id")["reason"]
+    assert "not in elements_allowed" in reasons["cuau"]
+
+
+def test_max_atoms_rejects_large_cells(cif_folder: Path, tmp_path: Path) -> None:
+    params = {"source": "folder", "folder": str(cif_folder), "workers": 1, "max_atoms": 3}
+    with pytest.raises(InputError, match="no usable CIF"):
+        build_library(params, tmp_path / "lib", progress=False)
+    assert "over max_atoms=3" in read_rejects(tmp_path / "lib")["reason"].iloc[0]
+
+
+def test_store_round_trip(cif_folder: Path, tmp_path: Path) -> None:
+    build_library({"source": "folder", "folder": str(cif_folder), "workers": 1}, tmp_path / "lib", progress=False)
+    lib = Library.load(tmp_path / "lib")
+    direct = Crystal.from_cif(cif_folder / "nacl.cif")
+    stored = lib.crystal(lib.ids.index("nacl"))
+    assert_allclose(stored.lattice, direct.lattice)
+    assert_allclose(stored.frac_coords, direct.frac_coords)
+    assert stored.numbers.tolist() == direct.numbers.tolist()
+
+
+def test_core_mof_seeded_sample_is_repeatable(tmp_path: Path) -> None:
+    params = {"source": "core-mof", "dataset": "2019-ASR", "select": 3, "seed": 5, "workers": 2}
+    first = build_library(params, tmp_path / "a", progress=False)
+    second = build_library(params, tmp_path / "b", progress=False)
+    assert first.ids == second.ids and len(first.ids) == 3
+    assert set(first.ids) <= set(core_mof_ids("2019-ASR"))
+    assert (first.index["source"] == "core-mof:2019-ASR").all()
+    other = build_library({**params, "seed": 6}, tmp_path / "c", progress=False)
+    assert other.ids != first.ids
+
+
+def test_core_mof_ids_select_list(tmp_path: Path) -> None:
+    wanted = ["RUBTAK01_clean", "ABAVIJ_clean"] if "RUBTAK01_clean" in core_mof_ids("2019-ASR") else \
+        core_mof_ids("2019-ASR")[:2]
+    lib = build_library({"source": "core-mof", "select": wanted, "workers": 1}, tmp_path / "lib", progress=False)
+    assert sorted(lib.ids) == sorted(wanted)
+    with pytest.raises(InputError, match="unknown ids"):
+        build_library({"source": "core-mof", "select": ["NOPE"], "workers": 1}, tmp_path / "x", progress=False)
+
+
+def test_bad_source(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="CIF folder not found"):
+        build_library({"source": "folder", "folder": str(tmp_path / "nothing")}, tmp_path / "lib")
+    with pytest.raises(InputError, match="source must be"):
+        build_library({"source": "ftp"}, tmp_path / "lib")
+
+
+def test_rruff_folder(shared_data: Path, tmp_path: Path) -> None:
+    params = {"source": "folder", "folder": str(shared_data / "rruff304" / "cif"), "select": 20, "seed": 0}
+    lib = build_library(params, tmp_path / "lib", progress=False)
+    assert len(lib) == 20 and np.all(lib.index["n_atoms"] > 0)
+
+
+def test_crystal_from_bad_cif_names_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.cif"
+    path.write_text("")
+    with pytest.raises(InputError, match=r"broken\.cif: empty file"):
+        Crystal.from_cif(path)
