@@ -12,7 +12,8 @@ from numpy.testing import assert_allclose
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
 from xrdid.config import Grid
-from xrdid.diffraction import PatternSet, SimulationSettings, reflections, simulate_one, wavelength_angstrom
+from xrdid.diffraction import PatternSet, SimulationSettings, reflections, simulate_one
+from xrdid.measured import wavelength_angstrom
 from xrdid.library import Crystal, _parse_cif, core_mof_ids, iter_core_mof
 
 DATA = Path(__file__).parent / "data"
@@ -144,3 +145,46 @@ def test_simulate_stage_writes_pattern_set(tmp_path: Path) -> None:
     assert meta["grid"]["n_points"] == 701
     again = PatternSet.load(tmp_path / "patterns")
     assert_allclose(np.asarray(again.profiles), np.asarray(patterns.profiles))
+
+
+def test_gemm_in_small_chunks_agrees(core_mof_sample: list[Crystal], monkeypatch) -> None:
+    # Many small (lines × atoms) tables, each padded to its own longest line, give the same peaks.
+    import xrdid.diffraction as diffraction
+
+    monkeypatch.setattr(diffraction, "_GEMM_CHUNK", 1 << 12)
+    for crystal in core_mof_sample[:3]:
+        _assert_matches_pymatgen(crystal, (2, 50), method="gemm")
+
+
+def test_single_precision_gemm_matches_double_nufft(core_mof_sample: list[Crystal]) -> None:
+    for crystal in core_mof_sample:
+        gemm = reflections(crystal, "CuKa", (2, 50), method="gemm")
+        nufft = reflections(crystal, "CuKa", (2, 50), method="nufft", eps=1e-9)
+        assert len(gemm) == len(nufft)
+        assert_allclose(gemm.intensity, nufft.intensity, atol=1e-3, rtol=0, err_msg=crystal.id)
+
+
+def test_blas_threads_restored() -> None:
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    reflections(Crystal.from_cif(DATA / "nacl.cif"), "CuKa", (5, 80), method="gemm")
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+
+
+def test_is_hexagonal_matches_pymatgen() -> None:
+    from pymatgen.core import Lattice
+
+    from xrdid.diffraction import _is_hexagonal
+
+    rng = np.random.default_rng(0)
+    lattices = [Lattice.hexagonal(3.0, 5.0).matrix, Lattice.cubic(4.0).matrix, np.diag([3.0, 3.005, 5.0])]
+    for _ in range(300):  # around the tolerances: angles 90 ± 6°, 60/120 ± 6°, lengths ± 0.02 Å
+        a = 3 + rng.uniform(-0.02, 0.02, 3) * rng.integers(0, 2, 3)
+        gamma = rng.choice([60.0, 90.0, 120.0]) + rng.uniform(-6, 6)
+        alpha, beta = 90 + rng.uniform(-6, 6, 2)
+        angles = rng.permutation([alpha, beta, gamma])
+        lattices.append(Lattice.from_parameters(*a, *angles).matrix)
+    flags = [_is_hexagonal(np.asarray(m)) for m in lattices]
+    assert flags == [Lattice(m).is_hexagonal() for m in lattices]
+    assert 20 < sum(flags) < len(flags) - 20  # both answers are exercised

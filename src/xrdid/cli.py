@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "xrdid.measured",
     "xrdid.denoise",
     "xrdid.noise",
+    "xrdid.augment",
 ]
 
 

@@ -1,0 +1,117 @@
+"""Training and inference throughput of the models: ``wang`` (7 conv layers) against ``xrdnet``.
+
+Both models run in this process on the same random batches (raw spectra, normalized as in
+``fit``); a training step is forward + backward + Adam step with cross-entropy, as in
+:func:`xrdid.train.fit`. Prints spectra/s per model and the xrdnet/wang ratios. Usage::
+
+    python benchmarks/train.py [--device cuda] [--n-points 4801] [--batch 128] [--classes 500]
+                               [--steps 8] [--models wang xrdnet cnn6 ...] [--inference-only]
+
+``--models all`` times the whole zoo (slow on CPU: the published models cost up to 30× more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from xrdid.models import MODELS, _flops_hint, build_model, count_parameters
+from xrdid.train import normalize_rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(step, device: torch.device, steps: int, warmup: int) -> float:
+    """Median seconds of ``step()`` over ``steps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    options = {"conv_layers": 7} if name == "wang" else {}
+    model = build_model(name, args.n_points, args.classes, **options).to(device)
+    amp = device.type == "cuda" and not args.no_amp
+    gen = torch.Generator().manual_seed(0)
+    X = (torch.rand(args.batch, args.n_points, generator=gen) * 1000).to(device)
+    y = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def train_step() -> None:
+        model.train()
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            logits = model(normalize_rows(X))
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        model.eval()
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            model(normalize_rows(X))
+
+    result = {"params": count_parameters(model), "macs": _flops_hint(model.to("cpu")) if device.type == "cpu" else 0.0}
+    model.to(device)
+    infer = _time(infer_step, device, args.steps, args.warmup)
+    result.update(infer_ms=infer * 1e3, infer_sps=args.batch / infer)
+    if not args.inference_only:
+        train = _time(train_step, device, args.steps, args.warmup)
+        result.update(train_ms=train * 1e3, train_sps=args.batch / train)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n-points", type=int, default=4801)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    parser.add_argument("--models", nargs="+", default=["wang", "xrdnet"], help="names, or 'all'")
+    parser.add_argument("--inference-only", action="store_true")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = sorted(MODELS) if args.models == ["all"] else args.models
+
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.n_points} points, batch {args.batch}, "
+          f"{args.classes} classes, median of {args.steps} steps")  # fmt: skip
+    header = f"{'model':8s} {'params':>12s} {'MMAC/spec':>10s} {'infer ms':>9s} {'infer sp/s':>11s}"
+    print(header + ("" if args.inference_only else f" {'train ms':>9s} {'train sp/s':>11s}"))
+    results = {}
+    for name in names:
+        r = results[name] = bench(name, args, device)
+        line = f"{name:8s} {r['params']:12,d} {r['macs'] / 1e6:10.1f} {r['infer_ms']:9.1f} {r['infer_sps']:11.0f}"
+        if not args.inference_only:
+            line += f" {r['train_ms']:9.1f} {r['train_sps']:11.0f}"
+        print(line, flush=True)
+    if "wang" in results and "xrdnet" in results:
+        a, b = results["xrdnet"], results["wang"]
+        ratios = f"xrdnet / wang throughput: inference {a['infer_sps'] / b['infer_sps']:.2f}x"
+        if not args.inference_only:
+            ratios += f", training {a['train_sps'] / b['train_sps']:.2f}x"
+        print(ratios + f", parameters {a['params'] / b['params']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
