@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff ui clean
+.PHONY: help venv run repro test test-fast bench rruff clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -40,3 +40,6 @@ bench: venv ## run the benchmarks (ratios against references measured in the sam
 
 clean: ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/library data/patterns data/noise_bank data/augmented
+
+rruff: venv ## run the RRUFF-304 profile (needs ../shared/data): real noise, 152 measured test patterns
+	cd pipelines/rruff && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro

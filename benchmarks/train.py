@@ -1,8 +1,9 @@
 """Training and inference throughput of the models: ``wang`` (7 conv layers) against ``xrdnet``.
 
-Both models run in this process on the same random batches (raw spectra, normalized as in
-``fit``); a training step is forward + backward + Adam step with cross-entropy, as in
-:func:`xrdid.train.fit`. Prints spectra/s per model and the xrdnet/wang ratios. Usage::
+Both models run in this process on the same random batch (raw spectra, normalized as in
+``fit``), taking turns step by step; a training step is forward + backward + Adam step with
+cross-entropy, as in :func:`xrdid.train.fit`. Prints spectra/s per model (median step) and
+the xrdnet/wang ratios. Usage::
 
     python benchmarks/train.py [--device cuda] [--n-points 4801] [--batch 128] [--classes 500]
                                [--steps 8] [--models wang xrdnet cnn6 ...] [--inference-only]
@@ -13,7 +14,9 @@ Both models run in this process on the same random batches (raw spectra, normali
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,21 +31,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(step, device: torch.device, steps: int, warmup: int) -> float:
-    """Median seconds of ``step()`` over ``steps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def _steps(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> tuple[nn.Module, dict[str, Callable[[], None]]]:
+    """The model and its inference and training step on one fixed random batch."""
     torch.manual_seed(0)
     options = {"conv_layers": 7} if name == "wang" else {}
     model = build_model(name, args.n_points, args.classes, **options).to(device)
@@ -52,7 +44,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str
     y = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
 
-    def train_step() -> None:
+    def train() -> None:
         model.train()
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             logits = model(normalize_rows(X))
@@ -61,19 +53,32 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str
         loss.backward()
         optimizer.step()
 
-    def infer_step() -> None:
+    def infer() -> None:
         model.eval()
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             model(normalize_rows(X))
 
-    result = {"params": count_parameters(model), "macs": _flops_hint(model.to("cpu")) if device.type == "cpu" else 0.0}
-    model.to(device)
-    infer = _time(infer_step, device, args.steps, args.warmup)
-    result.update(infer_ms=infer * 1e3, infer_sps=args.batch / infer)
-    if not args.inference_only:
-        train = _time(train_step, device, args.steps, args.warmup)
-        result.update(train_ms=train * 1e3, train_sps=args.batch / train)
-    return result
+    return model, {"infer": infer, "train": train}
+
+
+def _interleaved(steps: dict[str, Callable[[], None]], device: torch.device, n: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each model, the models' steps taken in turn.
+
+    Taking turns spreads any change of machine load (other processes) over all models,
+    so their ratio stays fair on a shared machine.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -95,15 +100,27 @@ def main() -> None:
     names = sorted(MODELS) if args.models == ["all"] else args.models
 
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.n_points} points, batch {args.batch}, "
-          f"{args.classes} classes, median of {args.steps} steps")  # fmt: skip
+          f"{args.classes} classes, median of {args.steps} steps, models taking turns")  # fmt: skip
+    load = os.getloadavg()[0]
+    if device.type == "cpu" and load > 1 and torch.get_num_threads() > 1:
+        print(f"note: load average {load:.1f} before the run: other processes share the CPU; "
+              "OpenMP threads then wait on each other; --threads 1 gives steadier numbers")  # fmt: skip
     header = f"{'model':8s} {'params':>12s} {'MMAC/spec':>10s} {'infer ms':>9s} {'infer sp/s':>11s}"
     print(header + ("" if args.inference_only else f" {'train ms':>9s} {'train sp/s':>11s}"))
-    results = {}
+    models, infer_steps, train_steps = {}, {}, {}
     for name in names:
-        r = results[name] = bench(name, args, device)
-        line = f"{name:8s} {r['params']:12,d} {r['macs'] / 1e6:10.1f} {r['infer_ms']:9.1f} {r['infer_sps']:11.0f}"
-        if not args.inference_only:
-            line += f" {r['train_ms']:9.1f} {r['train_sps']:11.0f}"
+        models[name], step = _steps(name, args, device)
+        infer_steps[name], train_steps[name] = step["infer"], step["train"]
+    infer = _interleaved(infer_steps, device, args.steps, args.warmup)
+    train = {} if args.inference_only else _interleaved(train_steps, device, args.steps, args.warmup)
+    results = {}
+    for name, model in models.items():
+        macs = _flops_hint(model.to("cpu")) if device.type == "cpu" else float("nan")
+        r = results[name] = {"params": count_parameters(model), "infer_sps": args.batch / infer[name]}
+        line = f"{name:8s} {r['params']:12,d} {macs / 1e6:10.1f} {infer[name] * 1e3:9.1f} {r['infer_sps']:11.0f}"
+        if train:
+            r["train_sps"] = args.batch / train[name]
+            line += f" {train[name] * 1e3:9.1f} {r['train_sps']:11.0f}"
         print(line, flush=True)
     if "wang" in results and "xrdnet" in results:
         a, b = results["xrdnet"], results["wang"]

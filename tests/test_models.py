@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from xrdid.models import MODELS, SameConv1d, build_model, count_parameters, load_model, save_model, wang_stages
+from xrdid.models import (
+    MODELS,
+    SameConv1d,
+    _UnfoldStem,
+    build_model,
+    count_parameters,
+    load_model,
+    save_model,
+    wang_stages,
+)
 
 ALL = sorted(MODELS)
 
@@ -14,6 +23,16 @@ ALL = sorted(MODELS)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors gain nothing from threads, and OpenMP spin-waits make a busy 2-core
+    # machine (parallel test runs) many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -96,7 +115,8 @@ def test_wang_depth_rule_matches_paper_and_vgg() -> None:
 
 def test_published_shapes() -> None:
     # flatten sizes at the benchmark's 5000 points, from the published Keras models
-    sizes = {"cnn2": 139 * 64, "cnn3": 139 * 64, "cnn6": 78 * 64, "cnn_bn": 625 * 64, "vgg": 312 * 64, "resnet": 79 * 100}
+    sizes = {"cnn2": 139 * 64, "cnn3": 139 * 64, "cnn6": 78 * 64, "cnn_bn": 625 * 64, "vgg": 312 * 64}
+    sizes["resnet"] = 79 * 100
     sizes["inc6"] = 139 * (85 + 166 + 38 + 43)
     with torch.device("meta"):  # shapes only: no memory for the 180 M parameters of inc6
         for name, flat in sizes.items():
@@ -110,15 +130,26 @@ def test_xrdnet_is_smaller_than_baselines() -> None:
         assert ours < min(count_parameters(build_model(n, 4801, 500)) for n in sorted(MODELS) if n != "xrdnet")
 
 
-@pytest.mark.parametrize(("length", "kernel", "stride"), [(10, 4, 2), (11, 4, 2), (100, 25, 3), (50, 50, 2), (7, 5, 1), (8, 6, 1)])
+@pytest.mark.parametrize(
+    ("length", "kernel", "stride"), [(10, 4, 2), (11, 4, 2), (100, 25, 3), (50, 50, 2), (7, 5, 1), (8, 6, 1)]
+)
 def test_same_conv_matches_keras_padding(length: int, kernel: int, stride: int) -> None:
     conv = SameConv1d(1, 1, kernel, stride, bias=False)
     x = torch.rand(1, 1, length)
     out = conv(x)
     assert out.shape[-1] == -(-length // stride)
     total = max((out.shape[-1] - 1) * stride + kernel - length, 0)
-    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (total // 2, total - total // 2)), conv.weight, stride=stride)
+    padded = torch.nn.functional.pad(x, (total // 2, total - total // 2))
+    ref = torch.nn.functional.conv1d(padded, conv.weight, stride=stride)
     assert torch.allclose(out, ref)
+
+
+@pytest.mark.parametrize(("length", "kernel", "stride"), [(4801, 16, 8), (5000, 16, 8), (255, 7, 3), (100, 8, 1)])
+def test_unfold_stem_equals_conv(length: int, kernel: int, stride: int) -> None:
+    stem, conv = _UnfoldStem(1, 5, kernel, stride), SameConv1d(1, 5, kernel, stride)
+    conv.load_state_dict(stem.state_dict())
+    x = torch.rand(3, 1, length)
+    assert torch.allclose(stem(x), conv(x), atol=1e-5)
 
 
 def test_bad_arguments() -> None:

@@ -20,11 +20,13 @@ from xrdid.errors import InputError
 _COMMAND_MODULES = [
     "xrdid.library",
     "xrdid.diffraction",
-    "xrdid.synthetic",
     "xrdid.measured",
     "xrdid.denoise",
     "xrdid.noise",
     "xrdid.augment",
+    "xrdid.train",
+    "xrdid.evaluate",
+    "xrdid.synthetic",
 ]
 
 

@@ -359,54 +359,65 @@ def evaluate_stage(
     plots.mkdir(parents=True, exist_ok=True)
 
     metrics: dict[str, Any] = {"n_library": n_classes}
-    val_scores = predict_proba(model, X_val)
-    metrics["validation"] = {"cnn": topk_table(val_scores, y_val)}
     n_val = int(settings.get("baseline_val_samples", 2000))
     val_pick = np.sort(np.random.default_rng(0).permutation(len(y_val))[:n_val])
-    metrics["validation"]["search_match"] = topk_table(
-        search_match(X_val[val_pick], np.ones((len(val_pick), grid.n_points), bool), patterns.profiles, grid,
-                     subtract_background=True), y_val[val_pick])
+    X_val_sub, y_val_sub = np.asarray(X_val[val_pick], dtype=np.float32), y_val[val_pick]
+    validation: dict[str, Any] = {"cnn": topk_table(predict_proba(model, X_val), y_val)}
+    validation["search_match"] = topk_table(
+        search_match(X_val_sub, np.ones(X_val_sub.shape, bool), patterns.profiles, grid,
+                     smooth=float(settings.get("search_match_smooth", 0.05))), y_val_sub)
+    metrics["validation"] = validation
 
-    measured_cfg = settings.get("measured") or {}
-    labels = measured_cfg.get("labels")
-    if labels and Path(labels).is_file():
-        wavelength = params["grid"].get("wavelength", "CuKa")
-        common = dict(ids=patterns.ids, grid=grid, wavelength=wavelength,
-                      default_wavelength=measured_cfg.get("default_wavelength", "CuKa"), progress=progress)
-        folder = measured_cfg.get("folder") or Path(labels).parent
-        test = MeasuredSet.from_folder(folder, labels, **common)
-        denoise = (params.get("measured") or {}).get("denoise")
-        test_dn = MeasuredSet.from_folder(folder, labels, denoise=denoise, **common) if denoise else None
+    test = _measured_set(params, settings, patterns.ids, grid, progress)
+    classical = tuple(settings.get("classical", CLASSICAL) or ())
+    if classical:  # trained once, scored on the validation subset and the measured set
+        rows = X_val_sub if test is None else np.concatenate([X_val_sub, test.X])
+        scores = classical_scores(X_train, y_train, rows, n_classes, pool=int(settings.get("classical_pool", 10)),
+                                  max_train=int(settings.get("classical_max_train", 20000)), models=classical)
+        for name, s in scores.items():
+            validation[name] = topk_table(s[: len(val_pick)], y_val_sub)
+    if test is not None:
         results: dict[str, Any] = {}
         cnn = predict_proba(model, test.X)
         results["cnn"] = topk_table(cnn, test.y, test.sources)
-        if test_dn is not None:
-            results["cnn_denoised"] = topk_table(predict_proba(model, test_dn.X), test_dn.y, test_dn.sources)
+        denoise = (params.get("measured") or {}).get("denoise")
+        if denoise:
+            from xrdid.denoise import fft_denoise
+
+            denoised = np.asarray(fft_denoise(test.X, **denoise).values, dtype=np.float32)
+            results["cnn_denoised"] = topk_table(predict_proba(model, denoised), test.y, test.sources)
         cosine = search_match(test.X, test.covered, patterns.profiles, grid,
                               smooth=float(settings.get("search_match_smooth", 0.05)))
         results["search_match"] = topk_table(cosine, test.y, test.sources)
         # The two fail on different patterns: log-probability plus a weighted cosine.
-        weight = float(settings.get("fusion_weight", 10.0))
-        fused = np.log(np.maximum(cnn, 1e-12)) + weight * cosine
+        fused = np.log(np.maximum(cnn, 1e-12)) + float(settings.get("fusion_weight", 10.0)) * cosine
         results["cnn+search_match"] = topk_table(fused, test.y, test.sources)
-        classical = settings.get("classical", list(CLASSICAL))
-        if classical:
-            scores = classical_scores(X_train, y_train, test.X, n_classes,
-                                      pool=int(settings.get("classical_pool", 10)),
-                                      max_train=int(settings.get("classical_max_train", 20000)),
-                                      models=tuple(classical))
-            results.update({name: topk_table(s, test.y, test.sources) for name, s in scores.items()})
+        for name, s in (scores.items() if classical else ()):
+            results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
-        _write_measured_plots(plots, grid, patterns, test, cnn, results, int(settings.get("n_match_plots", 0)))
-    elif labels:
-        log.warning("evaluate: measured labels %s not found; scoring the validation split only", labels)
+        _write_measured_plots(plots, grid, patterns, test, cnn, int(settings.get("n_match_plots", 0)))
 
     _write_topk_csv(plots / "topk.csv", metrics)
     plot_topk(metrics.get("measured") or metrics["validation"], plots / "topk.png",
               "measured patterns" if "measured" in metrics else "validation (synthetic)")
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _measured_set(params: dict[str, Any], settings: dict[str, Any], ids: list[str], grid: Grid,
+                  progress: bool) -> MeasuredSet | None:
+    """The configured measured test set, or None (logged) when none is configured or found."""
+    measured = settings.get("measured") or {}
+    labels = measured.get("labels")
+    if not labels:
+        return None
+    if not Path(labels).is_file():
+        log.warning("evaluate: measured labels %s not found; scoring the validation split only", labels)
+        return None
+    return MeasuredSet.from_folder(measured.get("folder") or Path(labels).parent, labels, ids, grid,
+                                   params["grid"].get("wavelength", "CuKa"),
+                                   measured.get("default_wavelength", "CuKa"), progress=progress)
 
 
 def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
@@ -419,8 +430,7 @@ def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def _write_measured_plots(
-    plots: Path, grid: Grid, patterns: Any, test: MeasuredSet, probs: np.ndarray,
-    results: dict[str, Any], n_match_plots: int,
+    plots: Path, grid: Grid, patterns: Any, test: MeasuredSet, probs: np.ndarray, n_match_plots: int
 ) -> None:
     """Most confused pairs (CSV) and each measured pattern over its best candidates (PNG)."""
     predicted = probs.argmax(axis=1)

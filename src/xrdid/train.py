@@ -26,7 +26,9 @@ Threads: PyTorch's default intra-op thread count (one per core) is left alone; s
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import math
 import os
 import random
@@ -126,12 +128,12 @@ class ArrayDataset:
         order = np.arange(n) if epoch is None else np.random.default_rng([seed, epoch]).permutation(n)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if epoch is not None:
-                idx = np.sort(idx)
-                rows = self.X[idx]
+            if epoch is None:  # contiguous slice: one read; copied, as a memmap slice is a read-only view
+                rows = np.array(self.X[start : start + batch_size], dtype=np.float32)
             else:
-                rows = self.X[start : start + batch_size]  # contiguous slice: one read
-            yield torch.from_numpy(np.asarray(rows, dtype=np.float32)), torch.from_numpy(self.y[idx])
+                idx = np.sort(idx)
+                rows = np.asarray(self.X[idx], dtype=np.float32)  # fancy indexing already copies
+            yield torch.from_numpy(rows), torch.from_numpy(self.y[idx])
 
 
 class GeneratorDataset:
@@ -153,7 +155,10 @@ class GeneratorDataset:
     """
 
     def __init__(
-        self, sample_fn: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]], n_per_epoch: int, seed: int = 0
+        self,
+        sample_fn: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]],
+        n_per_epoch: int,
+        seed: int = 0,
     ) -> None:
         if n_per_epoch < 1:
             raise ValueError("n_per_epoch must be positive")
@@ -401,7 +406,10 @@ def fit(
     train, val = _as_source(train_data), _as_source(val_data)
     device = _pick_device(cfg.device)
     amp = bool(cfg.amp if cfg.amp is not None else device.type == "cuda") and device.type == "cuda"
-    previous_determinism = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_determinism = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     seed_everything(cfg.seed, cfg.deterministic)
 
     model.to(device)
@@ -410,8 +418,9 @@ def fit(
         raise ValueError("patience and lr_patience must be at least 1")
     # Keras reduces at the lr_patience-th epoch without improvement, PyTorch one epoch later
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience - 1, threshold=cfg.min_delta, threshold_mode="abs"
-    )
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience - 1,
+        threshold=cfg.min_delta, threshold_mode="abs",
+    )  # fmt: skip
     history = History()
     best_state = _state_copy(model)
     wait = 0  # epochs since the last improvement
@@ -434,7 +443,9 @@ def fit(
             start = time.perf_counter()
             model.train()
             loss_sum, correct, n = 0.0, 0, 0
-            bar = tqdm(total=len(train), desc=f"epoch {epoch}/{cfg.epochs}", unit="spectra", disable=not progress, leave=False)
+            bar = tqdm(
+                total=len(train), desc=f"epoch {epoch}/{cfg.epochs}", unit="spectra", disable=not progress, leave=False
+            )
             for X, y in _prefetch(train.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed)):
                 X, y = normalize_rows(X.to(device, non_blocking=True)), y.to(device, non_blocking=True)
                 with _autocast(device, amp):
@@ -468,7 +479,8 @@ def fit(
             if progress:
                 tqdm.write(
                     f"epoch {epoch}: loss {history.train_loss[-1]:.4f} acc {history.train_acc[-1]:.4f} "
-                    f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {history.lr[-1]:.2e} ({history.seconds[-1]:.1f} s)"
+                    f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {history.lr[-1]:.2e} "
+                    f"({history.seconds[-1]:.1f} s)"
                 )
             if path is not None:
                 _save_checkpoint(path, model, best_state, optimizer, scheduler, history, wait, cfg, device)
@@ -536,7 +548,10 @@ def predict_proba(
     with torch.inference_mode():
         for start in range(0, len(X), batch_size):
             chunk = X[start : start + batch_size]
-            xb = torch.as_tensor(np.asarray(chunk, dtype=np.float32)) if not isinstance(chunk, torch.Tensor) else chunk.float()
+            if isinstance(chunk, torch.Tensor):
+                xb = chunk.float()
+            else:
+                xb = torch.from_numpy(np.array(chunk, dtype=np.float32))  # a copy: memmap slices are read-only
             logits = model(normalize_rows(xb.to(device)))
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     n_classes = getattr(model, "n_classes", 0)
@@ -621,3 +636,120 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     if a.size == 0:
         raise ValueError("no values to summarize")
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def train_stage(
+    params: Mapping[str, Any],
+    augmented_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int | None = None,
+    fresh: bool | None = None,
+    patterns_dir: str | Path = "data/patterns",
+    noise_dir: str | Path = "data/noise_bank",
+    library_dir: str | Path = "data/library",
+    progress: bool = True,
+) -> tuple[nn.Module, History]:
+    """Train the model of ``params['model']`` with ``params['train']``; save it to ``out_dir``.
+
+    ``fresh`` (default ``train.fresh``) draws new augmentations every epoch from the same
+    generator as the ``augment`` stage instead of reading the stored training split; the
+    validation split is always the stored one, so both modes are scored alike.
+    Writes ``model.safetensors`` (weights + config), ``history.json`` and ``summary.json``.
+    """
+    from xrdid.evaluate import load_split
+    from xrdid.models import build_model, count_parameters, save_model
+
+    train_params = dict(params.get("train", {}))
+    fresh = bool(train_params.pop("fresh", False)) if fresh is None else fresh
+    train_params.pop("seeds", None)
+    if seed is not None:
+        train_params["seed"] = seed
+    config = TrainConfig.from_params(train_params)
+    X_train, y_train = load_split(augmented_dir, "train")
+    X_val, y_val = load_split(augmented_dir, "val")
+    meta = json.loads(Path(augmented_dir, "meta.json").read_text())
+    n_classes = len(meta["ids"])
+    model_params = dict(params.get("model", {"name": "xrdnet"}))
+    seed_everything(config.seed, config.deterministic)  # the initial weights depend on the seed too
+    model = build_model(model_params.pop("name"), X_train.shape[1], n_classes, options=model_params.pop("options", None),
+                        **model_params)
+    if fresh:
+        train_data: BatchSource = _fresh_source(params, patterns_dir, noise_dir, library_dir, len(y_train))
+    else:
+        train_data = ArrayDataset(X_train, y_train)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    history = fit(model, train_data, ArrayDataset(X_val, y_val), config, progress=progress)
+    seconds = time.perf_counter() - start
+    val = topk_accuracy(predict_proba(model, X_val), y_val)
+    save_model(model, out / "model.safetensors", {"ids": json.dumps(meta["ids"]), "grid": json.dumps(meta["grid"])})
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    summary = {
+        "model": model.config, "parameters": count_parameters(model), "train": config.to_dict(), "fresh": fresh,
+        "epochs": history.epochs, "best_epoch": history.best_epoch, "seconds": round(seconds, 1),
+        "val_top": {f"top{k}": v for k, v in val.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return model, history
+
+
+def _fresh_source(params: Mapping[str, Any], patterns_dir: str | Path, noise_dir: str | Path,
+                  library_dir: str | Path, n_per_epoch: int) -> GeneratorDataset:
+    """Augmentations drawn anew every batch by the augment stage's generator."""
+    from xrdid.augment import Augmenter, load_noise_bank
+    from xrdid.diffraction import PatternSet
+    from xrdid.library import Library
+
+    patterns = PatternSet.load(patterns_dir)
+    augmenter = Augmenter.from_params(patterns, load_noise_bank(noise_dir, patterns.grid), Library.load(library_dir),
+                                      params.get("augment", {}))
+    return GeneratorDataset(lambda rng, batch: augmenter.sample(rng, batch), n_per_epoch)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="stage: train the CNN named in params.yaml on the augmented set")
+    p.add_argument("--params", default="params.yaml", help="parameter file (sections model, train, augment)")
+    p.add_argument("--augmented", default="data/augmented", help="augmented splits from `xrdid augment`")
+    p.add_argument("--out", default="models", help="output folder for the model")
+    p.add_argument("--seeds", default=None,
+                   help="e.g. 0-4: one model per seed under OUT/seed-N, reports mean ± std (default: train.seed)")
+    p.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw fresh augmentations every epoch (default: train.fresh)")
+    p.add_argument("--patterns", default="data/patterns", help="simulated patterns (for --fresh)")
+    p.add_argument("--noise", default="data/noise_bank", help="noise bank (for --fresh)")
+    p.add_argument("--library", default="data/library", help="library (for --fresh)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from xrdid.config import load_params
+    from xrdid.errors import InputError
+
+    params = load_params(args.params)
+    common = dict(fresh=args.fresh, patterns_dir=args.patterns, noise_dir=args.noise, library_dir=args.library,
+                  progress=not args.no_progress)
+    try:
+        if args.seeds is None:
+            train_stage(params, args.augmented, args.out, **common)
+            summary = json.loads(Path(args.out, "summary.json").read_text())
+            print(f"{summary['model']['name']}: val " + "  ".join(f"{k} {v:.3f}" for k, v in summary["val_top"].items()))
+            return 0
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise InputError(args.params, str(exc)) from exc
+    tops: dict[str, list[float]] = {}
+    for seed in seeds:
+        train_stage(params, args.augmented, Path(args.out) / f"seed-{seed}", seed=seed, **common)
+        summary = json.loads((Path(args.out) / f"seed-{seed}" / "summary.json").read_text())
+        for key, value in summary["val_top"].items():
+            tops.setdefault(key, []).append(value)
+    report = {key: dict(zip(("mean", "std"), summarize(values))) for key, values in tops.items()}
+    Path(args.out, "seeds.json").write_text(json.dumps({"seeds": seeds, "val_top": report}, indent=1) + "\n")
+    print(f"{len(seeds)} seeds: val " + "  ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in report.items()))
+    return 0

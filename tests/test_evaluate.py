@@ -1,0 +1,95 @@
+"""Evaluation: measured-set loading, search-match, classical baselines, Top-k tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from xrdid.config import Grid
+from xrdid.errors import InputError
+from xrdid.evaluate import MeasuredSet, classical_scores, pool_features, preprocess, search_match, topk_table
+
+GRID = Grid(10.0, 40.0, 601)
+
+
+def _peaks(positions: list[float], grid: Grid = GRID, width: float = 0.1) -> np.ndarray:
+    x = grid.values
+    return sum(np.exp(-0.5 * ((x - p) / width) ** 2) for p in positions)
+
+
+def test_search_match_finds_the_shifted_pattern_over_background() -> None:
+    library = np.stack([_peaks([15, 22]), _peaks([15.5, 30]), _peaks([20, 33, 35])])
+    measured = _peaks([15.03, 22.03]) + 0.3 + 0.01 * GRID.values  # small shift on a sloping background
+    scores = search_match(measured[None], np.ones((1, GRID.n_points), bool), library, GRID, smooth=0.1)
+    assert scores.shape == (1, 3) and scores.argmax() == 0
+    assert scores.max() <= 1 + 1e-9
+
+
+def test_search_match_uses_only_covered_points() -> None:
+    library = np.stack([_peaks([15, 35]), _peaks([15, 25])])
+    measured = _peaks([15, 35])
+    covered = GRID.values < 30  # the scan stopped at 30°: both candidates explain it fully
+    scores = search_match(measured[None], covered[None], library, GRID, smooth=0.0, subtract_background=False)
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+    assert scores[0, 1] < scores[0, 0]
+
+
+def test_topk_table_by_source_and_unknown_labels() -> None:
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    table = topk_table(scores, np.array([0, 2, 2, -1]), ["a", "a", "b", "b"])
+    assert table["n"] == 3
+    assert table["top1"] == pytest.approx(2 / 3) and table["top2"] == 1.0
+    assert table["a"]["top1"] == 0.5 and table["b"]["n"] == 1
+
+
+def test_pool_features_shape_and_scale() -> None:
+    X = np.random.default_rng(0).random((4, 103))
+    F = pool_features(X, 10)
+    assert F.shape == (4, 10)
+    assert_allclose(F.max(axis=1), 1.0)
+
+
+def test_classical_baselines_learn_separable_classes() -> None:
+    rng = np.random.default_rng(1)
+    centres = [12, 18, 24, 30]
+    X = np.stack([_peaks([centres[c] + rng.normal(0, 0.05)]) for c in range(4) for _ in range(10)])
+    y = np.repeat(np.arange(4), 10)
+    X_test = np.stack([_peaks([c + 0.02]) for c in centres])
+    scores = classical_scores(X, y, X_test, 4, pool=5, models=("naive_bayes", "knn", "svm"))
+    for name, s in scores.items():
+        assert s.shape == (4, 4)
+        assert topk_table(s, np.arange(4))["top1"] == 1.0, name
+
+
+def test_preprocess_and_measured_set(shared_data: Path) -> None:
+    folder = shared_data / "rruff304"
+    grid = Grid(5.0, 70.0, 1626)
+    values, covered = preprocess(folder / "patterns" / "Al2O3_167.xy", grid, "CuKa")
+    assert values.shape == (1626,) and values[covered].max() == pytest.approx(1.0) and values.min() >= 0
+    labels = folder / "labels.csv"
+    ids = sorted(p.stem for p in (folder / "cif").glob("*.cif"))
+    test = MeasuredSet.from_folder(folder / "patterns", labels, ids, grid, "CuKa", progress=False)
+    assert len(test.files) == 152 and np.all(test.y >= 0) and not test.failed
+    assert set(test.sources) == {"RRUFF", "opXRD"}
+
+
+def test_measured_set_bad_labels(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="labels file not found"):
+        MeasuredSet.from_folder(tmp_path, tmp_path / "none.csv", ["a"], GRID, "CuKa")
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,label\nx.xy,a\n")
+    with pytest.raises(InputError, match="columns 'pattern' and 'cif'"):
+        MeasuredSet.from_folder(tmp_path, bad, ["a"], GRID, "CuKa")
+
+
+def test_unreadable_patterns_are_reported_and_skipped(tmp_path: Path) -> None:
+    x = GRID.values
+    np.savetxt(tmp_path / "good.xy", np.column_stack([x, 10 + 100 * _peaks([20])]))
+    (tmp_path / "empty.xy").write_text("")
+    (tmp_path / "labels.csv").write_text("pattern,cif,source\ngood.xy,a.cif,lab\nempty.xy,b.cif,lab\n")
+    test = MeasuredSet.from_folder(tmp_path, tmp_path / "labels.csv", ["a", "b"], GRID, "CuKa", progress=False)
+    assert test.files == ["good.xy"] and test.y.tolist() == [0]
+    assert test.failed[0][0] == "empty.xy" and "empty" in test.failed[0][1]
