@@ -32,11 +32,14 @@ repro: run
 test: venv ## run the test suite
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
-test-fast: venv ## run the tests that need no ../shared data and are not slow
+test-fast: venv ## run the tests not marked slow
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
 
 bench: venv ## run the benchmarks (ratios against references measured in the same run)
 	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/augment.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/synthetic.py
 
 clean: ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/library data/patterns data/noise_bank data/augmented
