@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import re
 import tarfile
@@ -450,4 +449,4 @@ def _cmd_library(args: argparse.Namespace) -> int:
 
 def read_rejects(folder: str | Path) -> pd.DataFrame:
     """The rejects table of a library folder."""
-    return pd.read_csv(io.StringIO(Path(folder, "rejects.csv").read_text()), keep_default_na=False)
+    return pd.read_csv(Path(folder, "rejects.csv"), keep_default_na=False)
