@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (set XRDID_SHARED_DATA to point at it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """Run a test on one torch thread: tiny tensors gain nothing from threads, and OpenMP
+    spin-waits make a busy 2-core machine (parallel test workers) many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,14 +24,7 @@ N_POINTS = 256
 CENTERS = np.array([[40, 120], [60, 200], [100, 170], [150, 230]])  # 4 classes, 2 peaks each
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors gain nothing from threads, and OpenMP spin-waits make a busy 2-core
-    # machine (parallel test runs) many times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _peaks(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
