@@ -30,3 +30,17 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def registered_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny pipeline run once through ``register``: its folder, params, store URI, registration."""
+    import json
+
+    from _pipeline import run_pipeline, tiny_params
+
+    folder = tmp_path_factory.mktemp("registered")
+    params = tiny_params(folder)
+    metrics = run_pipeline(folder, params, register=True)
+    return {"dir": folder, "params": params, "uri": f"sqlite:///{folder}/mlruns/mlflow.db", "metrics": metrics,
+            "registered": json.loads((folder / "registered.json").read_text())}

@@ -8,47 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from xrdid.cli import main
-
-ROOT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-
-
-def _tiny_params(tmp_path: Path, **sections: dict) -> Path:
-    params = yaml.safe_load(ROOT_PARAMS.read_text())
-    params["grid"].update({"two_theta_min": 5.0, "two_theta_max": 40.0, "n_points": 876})
-    params["library"].update({"select": 4, "workers": 1})
-    params["noise"]["physical"]["n_entries"] = 16
-    params["augment"].update({"ratio": 10, "workers": 1})
-    params["train"].update({"epochs": 2, "batch_size": 16})
-    params["evaluate"].update({"classical": ["naive_bayes", "knn"], "baseline_val_samples": 20, "n_match_plots": 2})
-    for name, values in sections.items():
-        params[name].update(values)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-def _run_pipeline(tmp_path: Path, params: Path) -> dict:
-    d = tmp_path
-    steps = [
-        ["library", "--out", f"{d}/library"],
-        ["simulate", "--library", f"{d}/library", "--out", f"{d}/patterns"],
-        ["noise", "--out", f"{d}/noise_bank"],
-        ["augment", "--patterns", f"{d}/patterns", "--noise", f"{d}/noise_bank", "--library", f"{d}/library",
-         "--out", f"{d}/augmented"],
-        ["train", "--augmented", f"{d}/augmented", "--out", f"{d}/models"],
-        ["evaluate", "--model", f"{d}/models/model.safetensors", "--patterns", f"{d}/patterns",
-         "--augmented", f"{d}/augmented", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots"],
-    ]
-    for step in steps:
-        assert main([step[0], "--params", str(params), "--no-progress", *step[1:]]) == 0, step[0]
-    return json.loads((d / "metrics.json").read_text())
+from _pipeline import run_pipeline, tiny_params
 
 
 def test_embedded_default_pipeline(tmp_path: Path) -> None:
-    metrics = _run_pipeline(tmp_path, _tiny_params(tmp_path))
+    metrics = run_pipeline(tmp_path, tiny_params(tmp_path))
     assert metrics["n_library"] == 4
     for method in ("cnn", "search_match", "naive_bayes", "knn"):
         table = metrics["validation"][method]
@@ -63,9 +28,9 @@ def test_embedded_default_pipeline(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_model(tmp_path: Path) -> None:
-    params = _tiny_params(tmp_path)
-    first = _run_pipeline(tmp_path / "a", params)
-    second = _run_pipeline(tmp_path / "b", params)
+    params = tiny_params(tmp_path)
+    first = run_pipeline(tmp_path / "a", params)
+    second = run_pipeline(tmp_path / "b", params)
     assert first["validation"]["cnn"] == second["validation"]["cnn"]
     a = np.load(tmp_path / "a" / "augmented" / "train" / "X.npy")
     b = np.load(tmp_path / "b" / "augmented" / "train" / "X.npy")
@@ -85,14 +50,14 @@ def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) 
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "pattern": str(rruff / r["pattern"])} for r in rows)
-    params = _tiny_params(
+    params = tiny_params(
         tmp_path,
         grid={"two_theta_min": 5.0, "two_theta_max": 60.0, "n_points": 1101},
         library={"source": "folder", "folder": str(cif_dir), "select": "all"},
         noise={"folder": str(shared_data / "noise" / "d8")},
         evaluate={"measured": {"labels": str(labels), "folder": None, "default_wavelength": "CuKa"}},
     )
-    metrics = _run_pipeline(tmp_path, params)
+    metrics = run_pipeline(tmp_path, params)
     measured = metrics["measured"]
     assert measured["cnn"]["n"] == len(rows) and metrics["measured_failed"] == 0
     for method in ("cnn", "cnn_denoised", "search_match", "cnn+search_match", "naive_bayes", "knn"):

@@ -26,6 +26,8 @@ _COMMAND_MODULES = [
     "xrdid.augment",
     "xrdid.train",
     "xrdid.evaluate",
+    "xrdid.tracking",
+    "xrdid.predict",
     "xrdid.synthetic",
 ]
 

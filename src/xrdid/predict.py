@@ -1,0 +1,392 @@
+"""Identify measured patterns with a trained model: the deployable :class:`Identifier`.
+
+An identifier is a self-contained folder — everything prediction needs and nothing pickled::
+
+    identifier.json     grid, preprocessing, temperature, library hash, provenance
+    model.safetensors   weights; the network is rebuilt from the config in its metadata
+    library.csv         the library index in the model's class order (id, formula, ...)
+    patterns/           simulated profiles and reflections of the library (for explanations)
+
+The MLflow model registered by the pipeline carries this folder as its artifact, so
+``xrdid predict --model`` takes a ``models:/`` or ``runs:/`` URI, an MLflow model folder or an
+identifier folder (e.g. one written by ``xrdid pull``) and works offline on the latter.
+
+Examples
+--------
+>>> ident = Identifier.from_uri("models:/xrdid-default@champion")  # doctest: +SKIP
+>>> ident.predict_files(["scan.xy"], top=3)[0]["candidates"][0]  # doctest: +SKIP
+{'id': 'RUBTAK01_SL', 'formula': 'Zr6 C48 H28 O32', 'probability': 0.97}
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xrdid.config import Grid
+from xrdid.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER_FILE = "identifier.json"
+MEASURED_SUFFIXES = {".xy", ".xye", ".xyd", ".txt", ".csv", ".dat", ".asc", ".xrdml", ".brml", ".raw", ".rasx"}
+
+
+def library_sha256(path: str | Path) -> str:
+    """Content hash of a library index (its rows carry each CIF's own sha256)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class Identifier:
+    """A trained network with the library it ranks and the preprocessing it expects.
+
+    Attributes
+    ----------
+    model : the network (eval mode).
+    library : index rows in the model's class order (at least ``id`` and ``formula``).
+    grid : the 2θ grid the model reads.
+    preprocessing : ``wavelength``, ``default_wavelength`` and ``denoise`` (the FFT rule or None).
+    temperature : softmax temperature fitted on validation data (1 = uncalibrated).
+    provenance : model name and version, run id, library hash, git commit.
+    folder : where the identifier lives (its ``patterns/`` serve explanations).
+    """
+
+    model: Any
+    library: list[dict[str, str]]
+    grid: Grid
+    preprocessing: dict[str, Any]
+    temperature: float = 1.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    novelty: dict[str, Any] | None = None
+    folder: Path | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [row["id"] for row in self.library]
+
+    # ------------------------------------------------------------------ building and storing
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> Identifier:
+        """Load an identifier folder (see the module docstring)."""
+        from xrdid.models import load_model
+
+        folder = Path(folder)
+        try:
+            spec = json.loads((folder / IDENTIFIER_FILE).read_text())
+            with open(folder / "library.csv", newline="") as handle:
+                library = list(csv.DictReader(handle))
+            model = load_model(folder / "model.safetensors")
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(folder, f"not an xrdid identifier ({exc})") from exc
+        if model.n_classes != len(library):
+            raise InputError(folder, f"model has {model.n_classes} classes but library.csv {len(library)} rows")
+        return cls(model, library, Grid.from_params(spec["grid"]), spec["preprocessing"],
+                   float(spec.get("temperature", 1.0)), spec.get("provenance", {}), spec.get("novelty"), folder)
+
+    @classmethod
+    def from_uri(cls, uri: str | Path) -> Identifier:
+        """An identifier folder, an MLflow model folder, or a ``models:/`` / ``runs:/`` URI."""
+        local = Path(uri)
+        if local.is_dir():
+            if (local / IDENTIFIER_FILE).is_file():
+                return cls.from_folder(local)
+            if (local / "artifacts" / "identifier" / IDENTIFIER_FILE).is_file():
+                return cls.from_folder(local / "artifacts" / "identifier")
+            raise InputError(local, "neither an identifier folder nor an MLflow model folder of xrdid")
+        if "://" not in str(uri) and ":/" not in str(uri):
+            raise InputError(uri, "no such model folder")
+        target = Path(tempfile.mkdtemp(prefix="xrdid-model-"))
+        return cls.from_folder(download_identifier(str(uri), target))
+
+    @classmethod
+    def build(
+        cls,
+        folder: str | Path,
+        model_path: str | Path,
+        library_dir: str | Path,
+        patterns_dir: str | Path | None,
+        params: Mapping[str, Any],
+        *,
+        temperature: float = 1.0,
+        novelty: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Assemble an identifier folder from the pipeline's outputs; returns the folder.
+
+        The library rows are put in the model's class order (the ``ids`` in the model's metadata).
+        """
+        from safetensors import safe_open
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with safe_open(str(model_path), framework="pt") as f:
+            meta = f.metadata() or {}
+        ids = json.loads(meta["ids"])
+        grid = json.loads(meta["grid"])
+        index_path = Path(library_dir) / "index.csv"
+        with open(index_path, newline="") as handle:
+            rows = {row["id"]: row for row in csv.DictReader(handle)}
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise InputError(index_path, f"{len(missing)} model classes are not in the library (e.g. {missing[0]})")
+        with open(folder / "library.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[ids[0]]))
+            writer.writeheader()
+            writer.writerows(rows[i] for i in ids)
+        shutil.copyfile(model_path, folder / "model.safetensors")
+        if patterns_dir is not None:
+            shutil.copytree(patterns_dir, folder / "patterns", dirs_exist_ok=True)
+        measured = (params.get("evaluate") or {}).get("measured") or {}
+        spec = {
+            "format": 1,
+            "grid": grid,
+            "preprocessing": {
+                "wavelength": params.get("grid", {}).get("wavelength", "CuKa"),
+                "default_wavelength": measured.get("default_wavelength", "CuKa"),
+                "denoise": None,  # the pipeline's CNN reads raw measurements (see README)
+            },
+            "temperature": float(temperature),
+            "novelty": dict(novelty) if novelty else None,
+            "library_sha256": library_sha256(index_path),
+            "provenance": dict(provenance or {}),
+        }
+        (folder / IDENTIFIER_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+        return folder
+
+    def write_provenance(self, **fields: Any) -> None:
+        """Add fields (e.g. the registry version) to the stored provenance."""
+        self.provenance.update(fields)
+        if self.folder is not None:
+            path = self.folder / IDENTIFIER_FILE
+            spec = json.loads(path.read_text())
+            spec["provenance"] = self.provenance
+            path.write_text(json.dumps(spec, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ predicting
+
+    def prepare(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """One measured file → (row on the grid, covered mask), exactly as evaluation reads it."""
+        from xrdid.evaluate import preprocess
+
+        p = self.preprocessing
+        return preprocess(path, self.grid, p.get("wavelength", "CuKa"), p.get("default_wavelength", "CuKa"),
+                          p.get("denoise"))
+
+    def probabilities(self, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Calibrated class probabilities (n, n_classes) of rows on the grid.
+
+        Rows are shifted to a zero minimum and divided by their maximum first, as in training.
+        """
+        import torch
+
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.grid.n_points:
+            raise ValueError(f"expected rows of {self.grid.n_points} points, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("patterns contain NaN or infinite values")
+        X = X - X.min(axis=1, keepdims=True)
+        X = X / np.maximum(X.max(axis=1, keepdims=True), 1e-12)
+        out = np.empty((len(X), self.model.n_classes), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(X), batch_size):
+                logits = self.model(torch.from_numpy(X[start:start + batch_size]))
+                out[start:start + batch_size] = torch.softmax(logits / self.temperature, dim=1).numpy()
+        return out
+
+    def rank(self, X: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
+        """The ``top`` best candidates of each row: ``{"id", "formula", "probability"}``, best first."""
+        probs = self.probabilities(X)
+        top = max(1, min(int(top), probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        return [[{"id": self.library[j]["id"], "formula": self.library[j].get("formula", ""),
+                  "probability": round(float(p[j]), 6)} for j in row] for p, row in zip(probs, order)]
+
+    def predict_files(self, paths: Sequence[str | Path], top: int = 5, batch_size: int = 256,
+                      progress: bool = False) -> Iterator[dict[str, Any]]:
+        """One result per file, in order: ``{"file", "candidates", "provenance"}`` or ``{"file", "error"}``.
+
+        Files are read and ranked in batches; a file that cannot be read yields its error and the
+        rest go on.
+        """
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="predict", unit="file", disable=not progress)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            rows, ok, results = [], [], []
+            for path in chunk:
+                try:
+                    values, _ = self.prepare(path)
+                except InputError as exc:
+                    results.append({"file": str(path), "error": exc.problem})
+                    continue
+                ok.append(len(results))
+                results.append({"file": str(path)})
+                rows.append(values)
+            if rows:
+                for i, candidates in zip(ok, self.rank(np.stack(rows), top)):
+                    results[i].update(candidates=candidates, provenance=self.provenance_summary())
+            bar.update(len(chunk))
+            yield from results
+        bar.close()
+
+    def provenance_summary(self) -> dict[str, Any]:
+        """What a prediction came from: model, version, library hash and preprocessing."""
+        keys = ("model_name", "model_version", "run_id", "git_commit")
+        summary = {k: self.provenance[k] for k in keys if k in self.provenance}
+        summary["library_sha256"] = self.provenance.get("library_sha256", "")
+        summary["preprocessing"] = self.preprocessing
+        return summary
+
+
+def download_identifier(uri: str, target: str | Path) -> Path:
+    """Copy the identifier folder of an MLflow model (``models:/...``, ``runs:/...``) into ``target``.
+
+    For a registered model the registry's name, version and source run are added to the
+    folder's provenance, so every prediction made from it says where it came from.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from xrdid.tracking import resolve_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(resolve_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/artifacts/identifier",
+                                                         dst_path=str(target)))
+        registered = _registry_version(uri)
+    except (MlflowException, OSError) as exc:
+        raise InputError(uri, f"cannot fetch the model ({str(exc).splitlines()[0]})") from exc
+    if not (local / IDENTIFIER_FILE).is_file():
+        raise InputError(uri, "the model carries no xrdid identifier")
+    spec = json.loads((local / IDENTIFIER_FILE).read_text())
+    spec["provenance"].update({"source_uri": uri, **registered})
+    (local / IDENTIFIER_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    return local
+
+
+def _registry_version(uri: str) -> dict[str, str]:
+    """``model_name`` and ``model_version`` of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return {}
+    ref = uri[len("models:/"):].strip("/")
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif "/" in ref:
+        name, number = ref.split("/", 1)
+        version = client.get_model_version(name, number)
+    else:
+        return {}  # a logged model id (models:/m-...), not a registry entry
+    return {"model_name": name, "model_version": str(version.version)}
+
+
+def pull(uri: str, to: str | Path) -> Path:
+    """Copy a registered model and its library into a self-contained folder for offline use.
+
+    Examples
+    --------
+    >>> pull("models:/xrdid-default@champion", "champion")  # doctest: +SKIP
+    PosixPath('champion')
+    """
+    to = Path(to)
+    if to.exists() and any(to.iterdir()):
+        raise InputError(to, "destination exists and is not empty")
+    with tempfile.TemporaryDirectory(prefix="xrdid-pull-") as tmp:
+        folder = download_identifier(uri, tmp)
+        Identifier.from_folder(folder)  # refuse to write a folder that would not load
+        shutil.copytree(folder, to, dirs_exist_ok=True)
+    return to
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the measured-pattern files inside any folder (sorted, recursive)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in MEASURED_SUFFIXES))
+        else:
+            files.append(item)
+    return files
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="identify measured patterns with a registered or pulled model")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="measured pattern files or folders of them")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@champion, runs:/RUN/model, an MLflow model folder or a pulled folder")
+    p.add_argument("--top", type=int, default=5, help="candidates per file (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line and file (the contract)")
+    p.add_argument("--csv", metavar="PATH", help="also write a CSV summary (file, rank 1 id, probability, error)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser("pull", help="copy a registered model and its library index into a folder for offline use")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION or runs:/RUN/model")
+    p.add_argument("--to", required=True, help="destination folder (new or empty)")
+    p.set_defaults(func=_cmd_pull)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InputError("--top", "must be at least 1")
+    identifier = Identifier.from_uri(args.model)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise InputError(args.inputs[0], "no measured pattern files found")
+    failed = 0
+    summary = []
+    for result in identifier.predict_files(files, args.top, progress=not args.no_progress and len(files) > 1):
+        if "error" in result:
+            failed += 1
+            print(f"xrdid: error: {result['file']}: {result['error']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "candidates" in result:
+            best = "  ".join(f"{c['id']} ({c['formula']}) {c['probability']:.3f}" for c in result["candidates"][:3])
+            print(f"{result['file']}: {best}")
+        summary.append(result)
+    if args.csv:
+        _write_summary(Path(args.csv), summary)
+    return 2 if failed else 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    folder = pull(args.model, args.to)
+    ident = Identifier.from_folder(folder)
+    p = ident.provenance
+    print(f"pulled {p.get('model_name', args.model)} v{p.get('model_version', '?')} "
+          f"({len(ident.library)} library entries) to {folder}")
+    return 0
+
+
+def _write_summary(path: Path, results: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "id", "formula", "probability", "error"])
+        for r in results:
+            best = (r.get("candidates") or [{}])[0]
+            writer.writerow([r["file"], best.get("id", ""), best.get("formula", ""), best.get("probability", ""),
+                             r.get("error", "")])

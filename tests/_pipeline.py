@@ -1,0 +1,51 @@
+"""The whole pipeline through the CLI on a tiny configuration, for the tests that need its outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from xrdid.cli import main
+
+ROOT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def tiny_params(tmp_path: Path, **sections: dict) -> Path:
+    """The root params.yaml shrunk to 4 entries, 876 points and 2 epochs, written to ``tmp_path``."""
+    params = yaml.safe_load(ROOT_PARAMS.read_text())
+    params["grid"].update({"two_theta_min": 5.0, "two_theta_max": 40.0, "n_points": 876})
+    params["library"].update({"select": 4, "workers": 1})
+    params["noise"]["physical"]["n_entries"] = 16
+    params["augment"].update({"ratio": 10, "workers": 1})
+    params["train"].update({"epochs": 2, "batch_size": 16})
+    params["evaluate"].update({"classical": ["naive_bayes", "knn"], "baseline_val_samples": 20, "n_match_plots": 2})
+    params["tracking"]["uri"] = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # never the checkout's store
+    for name, values in sections.items():
+        params[name].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_pipeline(tmp_path: Path, params: Path, register: bool = False) -> dict:
+    """Every stage through the CLI in ``tmp_path``; the metrics. ``register`` adds the MLflow stage."""
+    d = tmp_path
+    steps = [
+        ["library", "--out", f"{d}/library"],
+        ["simulate", "--library", f"{d}/library", "--out", f"{d}/patterns"],
+        ["noise", "--out", f"{d}/noise_bank"],
+        ["augment", "--patterns", f"{d}/patterns", "--noise", f"{d}/noise_bank", "--library", f"{d}/library",
+         "--out", f"{d}/augmented"],
+        ["train", "--augmented", f"{d}/augmented", "--out", f"{d}/models"],
+        ["evaluate", "--model", f"{d}/models/model.safetensors", "--patterns", f"{d}/patterns",
+         "--augmented", f"{d}/augmented", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots"],
+    ]
+    if register:
+        steps.append(["register", "--models", f"{d}/models", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots",
+                      "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--augmented", f"{d}/augmented",
+                      "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered.json"])
+    for step in steps:
+        assert main([step[0], "--params", str(params), "--no-progress", *step[1:]]) == 0, step[0]
+    return json.loads((d / "metrics.json").read_text())
