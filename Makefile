@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff clean
+.PHONY: help venv run repro test test-fast bench rruff ui clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ bench: venv ## run the benchmarks (ratios against references measured in the sam
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/synthetic.py
+	$(BIN)/python benchmarks/predict.py
+
+MLFLOW_PORT ?= 5000
+ui: venv ## open the MLflow UI on the tracking store (sqlite:///mlruns/mlflow.db) at http://127.0.0.1:5000 (MLFLOW_PORT=...)
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean: ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/library data/patterns data/noise_bank data/augmented
