@@ -664,7 +664,8 @@ def train_stage(
     from xrdid.models import build_model, count_parameters, save_model
 
     train_params = dict(params.get("train", {}))
-    fresh = bool(train_params.pop("fresh", False)) if fresh is None else fresh
+    stored_fresh = bool(train_params.pop("fresh", False))
+    fresh = stored_fresh if fresh is None else fresh
     train_params.pop("seeds", None)
     if seed is not None:
         train_params["seed"] = seed
