@@ -11,7 +11,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from xrdid.errors import InputError
-from xrdid.library import Crystal, Library, build_library, core_mof_ids, read_rejects
+from xrdid.library import Crystal, Library, build_library, core_mof_ids, material_groups, read_rejects
 
 DATA = Path(__file__).parent / "data"
 NACL = (DATA / "nacl.cif").read_text()
@@ -121,3 +121,19 @@ def test_crystal_from_bad_cif_names_file(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(InputError, match=r"broken\.cif: empty file"):
         Crystal.from_cif(path)
+
+
+def test_material_groups_join_refcodes_and_near_identical_patterns() -> None:
+
+
+    index = pd.DataFrame({
+        "id": ["RUBTAK01_SL", "jz4002345", "RUBTAK02", "other", "same_formula_other_pattern"],
+        "reduced_formula": ["ZrC8H4O5", "ZrC8H4O5", "ZrC8H4O5", "CuC4", "ZrC8H4O5"],
+        "refcode": ["RUBTAK", "", "RUBTAK", "", ""],
+    })
+    uio = np.array([1.0, 0.5, 0.2, 0.0])
+    profiles = np.stack([uio, uio * 1.01 + 0.01, [0.0, 0.0, 0.0, 1.0], uio, [0.0, 1.0, 0.0, 0.0]])
+    groups = material_groups(index, profiles)
+    # same refcode stem (RUBTAK01/RUBTAK02) and same formula + same pattern (jz4002345) → one material;
+    # an identical pattern with another formula, or the same formula with another pattern, stays apart
+    assert groups == ["RUBTAK01_SL", "RUBTAK01_SL", "RUBTAK01_SL", "other", "same_formula_other_pattern"]

@@ -148,3 +148,28 @@ def test_served_champion_answers_rest(store: dict, tmp_path: Path, shared_data: 
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
+
+
+def test_blank_holder_is_not_in_library(store: dict, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blank = sorted((shared_data / "noise" / "blanks").iterdir())[0]
+    status, lines, _ = _predict(capsys, str(blank), "--model", CHAMPION)
+    assert status == 0
+    assert lines[0]["in_library"] is False and any("signal" in w for w in lines[0]["warnings"])
+
+
+def test_report_and_explanations(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    _measurement(folder, store, 0)
+    _measurement(folder, store, 2)
+    (folder / "a<b>.xy").write_text("not a pattern\n")
+    report = tmp_path / "report.html"
+    status, lines, _ = _predict(capsys, str(folder), "--model", CHAMPION, "--report", str(report),
+                                "--explain", str(tmp_path / "png"))
+    assert status == 2
+    assert all(isinstance(r["in_library"], bool) for r in lines[1:])
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == ["0001_scan0.png", "0002_scan2.png"] and pngs[0].stat().st_size > 10_000
+    html = report.read_text()
+    assert html.count("<section") == 3 and "a&lt;b&gt;.xy" in html and "<b>.xy" not in html
+    assert html.count("data:image/png;base64") == 2

@@ -42,6 +42,9 @@ def test_register_stage_logs_everything_dvc_shows(registered_pipeline: dict) -> 
     assert [m.step for m in curve] == [1, 2]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert "plots/topk.png" in artifacts
+    assert run.data.metrics["calibration.temperature"] > 0  # fitted on validation, stored with the model
+    calibration = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "calibration")}
+    assert {"calibration/reliability.png", "calibration/novelty_rule.json"} <= calibration
     assert result["champion"] and result["version"] == 1
     assert int(champion("xrdid-default").version) == 1
     assert_allclose(result["top1"], metrics["validation"]["cnn"]["top1"])

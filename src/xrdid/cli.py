@@ -29,6 +29,7 @@ _COMMAND_MODULES = [
     "xrdid.tracking",
     "xrdid.predict",
     "xrdid.synthetic",
+    "xrdid.explain",
 ]
 
 

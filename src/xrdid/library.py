@@ -450,3 +450,51 @@ def _cmd_library(args: argparse.Namespace) -> int:
 def read_rejects(folder: str | Path) -> pd.DataFrame:
     """The rejects table of a library folder."""
     return pd.read_csv(Path(folder, "rejects.csv"), keep_default_na=False)
+
+
+def material_groups(index: pd.DataFrame, profiles: np.ndarray, threshold: float = 0.95) -> list[str]:
+    """The material each entry belongs to: the id of its group's first entry.
+
+    The same material is often several entries (UiO-66 is at least four in CoRE MOF 2019). Two
+    entries are one material when they share a CSD refcode stem, or the same reduced formula
+    and simulated profiles whose cosine similarity is at least ``threshold``; groups are the
+    connected components of that relation.
+
+    Parameters
+    ----------
+    index : the library index (columns ``id``, ``reduced_formula``, ``refcode``), in ``profiles`` order.
+    profiles : (n_entries, n_points) simulated profiles on one grid.
+    threshold : cosine above which same-formula entries count as one material.
+
+    Examples
+    --------
+    >>> idx = pd.DataFrame({"id": ["a", "b", "c"], "reduced_formula": ["X", "X", "X"], "refcode": ["", "", ""]})
+    >>> material_groups(idx, np.array([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]))
+    ['a', 'a', 'c']
+    """
+    n = len(index)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(members: np.ndarray) -> None:
+        for j in members[1:]:
+            a, b = root(int(members[0])), root(int(j))
+            parent[max(a, b)] = min(a, b)
+
+    for _, rows in index.groupby("refcode").indices.items() if "refcode" in index else ():
+        if _:
+            join(np.asarray(rows))
+    unit = np.asarray(profiles, dtype=np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    for _, rows in index.groupby("reduced_formula").indices.items():
+        if len(rows) > 1:
+            similar = unit[rows] @ unit[rows].T >= threshold
+            for i, row in zip(rows, similar):
+                join(np.concatenate([[i], np.asarray(rows)[row]]))
+    ids = index["id"].astype(str).tolist()
+    return [ids[root(i)] for i in range(n)]

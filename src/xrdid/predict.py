@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from xrdid.config import Grid
 from xrdid.errors import InputError
@@ -73,6 +74,7 @@ class Identifier:
     provenance: dict[str, Any] = field(default_factory=dict)
     novelty: dict[str, Any] | None = None
     folder: Path | None = None
+    _profiles: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:
@@ -144,10 +146,21 @@ class Identifier:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise InputError(index_path, f"{len(missing)} model classes are not in the library (e.g. {missing[0]})")
+        library = [dict(rows[i]) for i in ids]
+        if patterns_dir is not None:  # one material may be several entries: rank materials, keep aliases
+            from xrdid.diffraction import PatternSet
+            from xrdid.library import material_groups
+
+            patterns = PatternSet.load(patterns_dir)
+            position = {entry: i for i, entry in enumerate(patterns.ids)}
+            order = [position[i] for i in ids]
+            groups = material_groups(pd.DataFrame(library), np.asarray(patterns.profiles)[order])
+            for row, material in zip(library, groups):
+                row["material"] = material
         with open(folder / "library.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[ids[0]]))
+            writer = csv.DictWriter(handle, fieldnames=list(library[0]))
             writer.writeheader()
-            writer.writerows(rows[i] for i in ids)
+            writer.writerows(library)
         shutil.copyfile(model_path, folder / "model.safetensors")
         if patterns_dir is not None:
             shutil.copytree(patterns_dir, folder / "patterns", dirs_exist_ok=True)
@@ -209,38 +222,119 @@ class Identifier:
         return out
 
     def rank(self, X: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
-        """The ``top`` best candidates of each row: ``{"id", "formula", "probability"}``, best first."""
+        """The ``top`` best candidates of each row (see :meth:`_rank_probabilities`); no novelty check."""
+        return self._rank_probabilities(self.probabilities(X), top)
+
+    def _rank_probabilities(self, probs: np.ndarray, top: int) -> list[list[dict[str, Any]]]:
+        """The ``top`` best candidates of each row: ``{"id", "formula", "probability"}``, best first.
+
+        Entries of one material (see :func:`xrdid.library.material_groups`) are ranked as one
+        candidate: its most probable entry's id, the group's summed probability, and the other
+        entries under ``aliases``.
+        """
+        groups, members = self._materials()
+        from scipy import sparse
+
+        membership = sparse.csr_matrix((np.ones(len(groups)), (np.arange(len(groups)), groups)))
+        grouped = np.asarray((membership.T @ probs.T).T)  # each material's summed probability
+        top = max(1, min(int(top), len(members)))
+        order = np.argsort(-grouped, axis=1, kind="stable")[:, :top]
+        ranked = []
+        for p, g, row in zip(probs, grouped, order):
+            candidates = []
+            for m in row:
+                entries = members[m]
+                best = entries[int(np.argmax(p[entries]))]
+                candidate = {"id": self.library[best]["id"], "formula": self.library[best].get("formula", ""),
+                             "probability": round(float(g[m]), 6)}
+                if len(entries) > 1:
+                    candidate["aliases"] = [self.library[j]["id"] for j in entries if j != best]
+                candidates.append(candidate)
+            ranked.append(candidates)
+        return ranked
+
+    def _materials(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Material index of every class and the classes of every material (singletons without a column)."""
+        names = [row.get("material") or row["id"] for row in self.library]
+        _, groups = np.unique(names, return_inverse=True)
+        order = np.argsort(groups, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+        return groups, members
+
+    def identify(self, X: np.ndarray, covered: np.ndarray | None = None, top: int = 5) -> list[dict[str, Any]]:
+        """Ranked candidates of each row with the not-in-library verdict.
+
+        Each result is ``{"candidates", "in_library", "warnings"}``: ``in_library`` is False when
+        the identifier's :class:`~xrdid.calibration.NoveltyRule` flags the pattern (unsure network,
+        peaks that match no entry, or no diffraction signal: a blank holder), and ``warnings``
+        says why, plus a note when the scan covers little of the grid. Without a stored rule
+        (or simulated patterns) ``in_library`` is None.
+        """
         probs = self.probabilities(X)
-        top = max(1, min(int(top), probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        return [[{"id": self.library[j]["id"], "formula": self.library[j].get("formula", ""),
-                  "probability": round(float(p[j]), 6)} for j in row] for p, row in zip(probs, order)]
+        results: list[dict[str, Any]] = [{"candidates": c, "in_library": None, "warnings": []}
+                                         for c in self._rank_probabilities(probs, top)]
+        profiles = self.profiles()
+        if self.novelty and profiles is not None:
+            from xrdid.calibration import NoveltyRule, novelty_evidence
+
+            rule = NoveltyRule.from_dict(self.novelty)
+            evidence = novelty_evidence(probs, np.asarray(X, np.float32), covered, profiles, self.grid, rule.smooth)
+            for result, flagged, reasons in zip(results, rule.flagged(evidence), rule.reasons(evidence)):
+                result.update(in_library=not bool(flagged), warnings=list(reasons))
+        if covered is not None:
+            for result, fraction in zip(results, np.asarray(covered).mean(axis=1)):
+                if fraction < 0.5:
+                    result["warnings"].append(f"the scan covers only {fraction:.0%} of the model's "
+                                              f"{self.grid.start:g}-{self.grid.stop:g}° range")
+        return results
+
+    def profiles(self) -> np.ndarray | None:
+        """Simulated profiles in class order (from the folder's ``patterns/``), or None."""
+        if self._profiles is None and self.folder is not None and (self.folder / "patterns").is_dir():
+            patterns = self.patterns()
+            position = {entry: i for i, entry in enumerate(patterns.ids)}
+            self._profiles = np.asarray(patterns.profiles)[[position[i] for i in self.ids]]
+        return self._profiles
+
+    def patterns(self) -> Any:
+        """The library's :class:`~xrdid.diffraction.PatternSet` stored with the identifier."""
+        from xrdid.diffraction import PatternSet
+
+        if self.folder is None:
+            raise InputError("identifier", "no simulated patterns stored with this identifier")
+        return PatternSet.load(self.folder / "patterns")
 
     def predict_files(self, paths: Sequence[str | Path], top: int = 5, batch_size: int = 256,
-                      progress: bool = False) -> Iterator[dict[str, Any]]:
-        """One result per file, in order: ``{"file", "candidates", "provenance"}`` or ``{"file", "error"}``.
+                      progress: bool = False, keep_rows: bool = False) -> Iterator[dict[str, Any]]:
+        """One result per file, in order: :meth:`identify`'s fields plus ``file`` and ``provenance``,
+        or ``{"file", "error"}``.
 
         Files are read and ranked in batches; a file that cannot be read yields its error and the
-        rest go on.
+        rest go on. ``keep_rows`` adds the preprocessed ``row`` and ``covered`` arrays (for
+        explanations; not JSON).
         """
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), desc="predict", unit="file", disable=not progress)
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            rows, ok, results = [], [], []
+            rows, masks, ok, results = [], [], [], []
             for path in chunk:
                 try:
-                    values, _ = self.prepare(path)
+                    values, covered = self.prepare(path)
                 except InputError as exc:
                     results.append({"file": str(path), "error": exc.problem})
                     continue
                 ok.append(len(results))
                 results.append({"file": str(path)})
                 rows.append(values)
+                masks.append(covered)
             if rows:
-                for i, candidates in zip(ok, self.rank(np.stack(rows), top)):
-                    results[i].update(candidates=candidates, provenance=self.provenance_summary())
+                X, M = np.stack(rows), np.stack(masks)
+                for n, (i, found) in enumerate(zip(ok, self.identify(X, M, top))):
+                    results[i].update(found, provenance=self.provenance_summary())
+                    if keep_rows:
+                        results[i].update(row=X[n], covered=M[n])
             bar.update(len(chunk))
             yield from results
         bar.close()
@@ -340,6 +434,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="candidates per file (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line and file (the contract)")
     p.add_argument("--csv", metavar="PATH", help="also write a CSV summary (file, rank 1 id, probability, error)")
+    p.add_argument("--explain", metavar="DIR",
+                   help="save one PNG per file: the pattern with its class activation map over the best candidates")
+    p.add_argument("--report", metavar="HTML", help="write an HTML report (top-5 table, plot, warnings per file)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
@@ -356,21 +453,59 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     if not files:
         raise InputError(args.inputs[0], "no measured pattern files found")
+    explain = Path(args.explain) if args.explain else (Path(args.report).with_suffix("") if args.report else None)
+    if explain is not None:
+        explain.mkdir(parents=True, exist_ok=True)
     failed = 0
     summary = []
-    for result in identifier.predict_files(files, args.top, progress=not args.no_progress and len(files) > 1):
+    results = identifier.predict_files(files, args.top, progress=not args.no_progress and len(files) > 1,
+                                       keep_rows=explain is not None)
+    for result in results:
         if "error" in result:
             failed += 1
             print(f"xrdid: error: {result['file']}: {result['error']}", file=sys.stderr)
+        elif explain is not None:
+            result["image"] = str(_explain(identifier, result, explain, len(summary)))
+        public = {k: v for k, v in result.items() if k not in ("row", "covered")}
         if args.json:
-            print(json.dumps(result), flush=True)
+            print(json.dumps(public), flush=True)
         elif "candidates" in result:
             best = "  ".join(f"{c['id']} ({c['formula']}) {c['probability']:.3f}" for c in result["candidates"][:3])
-            print(f"{result['file']}: {best}")
-        summary.append(result)
+            flag = "" if result.get("in_library") is not False else "  [not in library?]"
+            print(f"{result['file']}: {best}{flag}")
+        summary.append(public)
     if args.csv:
         _write_summary(Path(args.csv), summary)
+    if args.report:
+        from xrdid.explain import html_report
+
+        p = identifier.provenance
+        meta = {"model": f"{p.get('model_name', args.model)} v{p.get('model_version', '?')}",
+                "library": f"{len(identifier.library)} entries, sha256 {p.get('library_sha256', '')[:12]}",
+                "temperature": f"{identifier.temperature:.2f}"}
+        for entry in summary:
+            if entry.get("in_library") is False:
+                entry["warnings"] = ["NOT IN LIBRARY? " + "; ".join(entry["warnings"])]
+        html_report(summary, args.report, meta=meta)
     return 2 if failed else 0
+
+
+def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, number: int) -> Path:
+    """Grad-CAM of the best candidate over the pattern, with the top-3 candidates' profiles and hkl."""
+    from xrdid.explain import grad_cam, make_candidate, plot_explanation
+
+    patterns = identifier.patterns()
+    position = {entry: i for i, entry in enumerate(patterns.ids)}
+    classes = {entry: i for i, entry in enumerate(identifier.ids)}
+    best = result["candidates"][0]["id"]
+    cam = grad_cam(identifier.model, result["row"][None], target=classes[best])[0]
+    candidates = [make_candidate(patterns, position[c["id"]], c["probability"], c["formula"])
+                  for c in result["candidates"][:3]]
+    path = folder / f"{number:04d}_{Path(result['file']).stem}.png"
+    verdict = "" if result.get("in_library") is not False else "  [not in library?]"
+    plot_explanation(identifier.grid, result["row"], result["covered"], cam, candidates, path,
+                     f"{Path(result['file']).name}{verdict}")
+    return path
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:

@@ -3,8 +3,8 @@
 MLflow stores this file with the model and runs it on load ("models from code"), so nothing is
 pickled: the network is rebuilt from the safetensors config in the ``identifier`` artifact.
 Input: patterns on the model's grid, ``(n, n_points)`` float32. Output: one
-``{"candidates": [{"id", "formula", "probability"}, ...]}`` per row, best first; the parameter
-``top`` (default 5) sets how many.
+``{"candidates": [{"id", "formula", "probability"}, ...], "in_library", "warnings"}`` per row,
+candidates best first; the parameter ``top`` (default 5) sets how many.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ class IdentifierModel(PythonModel):
         if X.ndim == 1:
             X = X[None, :]
         try:
-            ranked = self.identifier.rank(X, int((params or {}).get("top", 5)))
+            return self.identifier.identify(X, None, int((params or {}).get("top", 5)))
         except ValueError as exc:  # wrong length, NaN: the client's fault, answered with a 400
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
-        return [{"candidates": candidates} for candidates in ranked]
 
 
 mlflow.models.set_model(IdentifierModel())

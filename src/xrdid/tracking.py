@@ -330,15 +330,72 @@ def register_stage(
             mlflow.log_artifact(str(models_dir / extra), artifact_path="training")
         model = load_model(models_dir / "model.safetensors")
         meta = json.loads(Path(augmented_dir, "meta.json").read_text())
-        X_val = np.load(Path(augmented_dir, "val", "X.npy"), mmap_mode="r")
+        temperature, novelty, example = _calibrate(model, meta["ids"], params, augmented_dir, patterns_dir)
+        if ((params.get("evaluate") or {}).get("measured") or {}).get("labels"):
+            _log_nca(params, models_dir, patterns_dir, augmented_dir)
         model_uri = log_identifier(model, meta["ids"], library_dir, params, patterns_dir=patterns_dir,
-                                   input_example=np.asarray(X_val[:1], np.float32))
+                                   temperature=temperature, novelty=novelty, input_example=example)
         test_set, scores = test_set_of(params, metrics, library_dir, augmented_dir)
         version, promoted = register(model_uri, name, test_set, scores)
         mlflow.set_tags({"registered_model": name, "registered_version": version.version})
         result = {"run_id": run.info.run_id, "model_uri": model_uri, "name": name, "version": int(version.version),
                   "champion": promoted, "test_set": test_set, **scores}
     return result
+
+
+def _calibrate(model: Any, ids: list[str], params: Mapping[str, Any], augmented_dir: str | Path,
+               patterns_dir: str | Path) -> tuple[float, dict[str, Any], np.ndarray]:
+    """Temperature and not-in-library rule fitted on validation spectra, logged to the active run.
+
+    Returns (temperature, novelty rule as a dict, one validation spectrum as the input example).
+    """
+    import mlflow
+
+    from xrdid.calibration import (NoveltyRule, expected_calibration_error, fit_temperature, novelty_evidence,
+                                   predict_logits, reliability_plot, softmax)
+    from xrdid.diffraction import PatternSet
+    from xrdid.evaluate import load_split
+
+    settings = params.get("register") or {}
+    X_val, y_val = load_split(augmented_dir, "val")
+    rng = np.random.default_rng(int(settings.get("seed", 0)))
+    pick = np.sort(rng.permutation(len(y_val))[: int(settings.get("calibration_samples", 4000))])
+    X, y = np.asarray(X_val[pick], np.float32), y_val[pick]
+    logits = predict_logits(model, X)
+    temperature = fit_temperature(logits, y)
+    before, after = softmax(logits), softmax(logits, temperature)
+    patterns = PatternSet.load(patterns_dir)
+    position = {entry: i for i, entry in enumerate(patterns.ids)}
+    profiles = np.asarray(patterns.profiles)[[position[i] for i in ids]]
+    n = int(settings.get("novelty_samples", 2000))  # search-match against the library: a few thousand suffice
+    evidence = novelty_evidence(after[:n], X[:n], None, profiles, patterns.grid)
+    rule = NoveltyRule.fit(evidence, float(settings.get("false_flag_rate", 0.1)),
+                           float(settings.get("signal_rate", 0.01)))
+    mlflow.log_metrics({"calibration.temperature": temperature,
+                        "calibration.val_ece_before": expected_calibration_error(before, y),
+                        "calibration.val_ece_after": expected_calibration_error(after, y)})
+    mlflow.log_dict(rule.to_dict(), "calibration/novelty_rule.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "reliability.png"
+        reliability_plot({"raw": before, f"T = {temperature:.2f}": after}, y, plot, "validation (synthetic)")
+        mlflow.log_artifact(str(plot), artifact_path="calibration")
+    return temperature, rule.to_dict(), X[:1]
+
+
+def _log_nca(params: Mapping[str, Any], models_dir: Path, patterns_dir: str | Path, augmented_dir: str | Path) -> None:
+    """The NCA map of the measured test patterns, as an artifact of the run."""
+    import mlflow
+
+    from xrdid.explain import nca_map
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "nca.png"
+        try:
+            nca_map(params, models_dir / "model.safetensors", patterns_dir, augmented_dir, out, progress=False)
+        except InputError as exc:  # too few measured patterns: the run goes on without the map
+            log.warning("register: no NCA map (%s)", exc)
+            return
+        mlflow.log_artifact(str(out), artifact_path="plots")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
