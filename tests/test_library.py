@@ -124,8 +124,6 @@ def test_crystal_from_bad_cif_names_file(tmp_path: Path) -> None:
 
 
 def test_material_groups_join_refcodes_and_near_identical_patterns() -> None:
-
-
     index = pd.DataFrame({
         "id": ["RUBTAK01_SL", "jz4002345", "RUBTAK02", "other", "same_formula_other_pattern"],
         "reduced_formula": ["ZrC8H4O5", "ZrC8H4O5", "ZrC8H4O5", "CuC4", "ZrC8H4O5"],
