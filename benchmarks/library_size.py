@@ -91,7 +91,7 @@ def main() -> None:
              "--patterns", str(run / "patterns"), "--augmented", str(run / "augmented"),
              "--metrics", str(run / "metrics.json"), "--plots", str(run / "plots"))
         metrics = json.loads((run / "metrics.json").read_text())
-        for method in ("cnn", "search_match", "cnn+search_match"):
+        for method in ("cnn", "search_match", "cnn_search_match"):
             table = metrics["measured"][method]
             rows.append({"library": metrics["n_library"], "method": method, "seconds": round(time.perf_counter() - start),
                          **{f"top{k}": round(table[f"top{k}"], 4) for k in range(1, 6)}})
@@ -113,7 +113,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in (("cnn", "o-"), ("search_match", "s--"), ("cnn+search_match", "^-.")):
+    for method, style in (("cnn", "o-"), ("search_match", "s--"), ("cnn_search_match", "^-.")):
         sel = [r for r in rows if r["method"] == method]
         sizes = [r["library"] for r in sel]
         ax.plot(sizes, [r["top1"] for r in sel], style, label=f"{method} Top-1")

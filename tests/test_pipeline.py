@@ -60,7 +60,7 @@ def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) 
     metrics = run_pipeline(tmp_path, params)
     measured = metrics["measured"]
     assert measured["cnn"]["n"] == len(rows) and metrics["measured_failed"] == 0
-    for method in ("cnn", "cnn_denoised", "search_match", "cnn+search_match", "naive_bayes", "knn"):
+    for method in ("cnn", "cnn_denoised", "search_match", "cnn_search_match", "naive_bayes", "knn"):
         assert 0 <= measured[method]["top1"] <= measured[method]["top5"] <= 1, method
     # search-match on the real patterns of 8 well-separated minerals finds most of them
     assert measured["search_match"]["top1"] >= 0.5

@@ -391,7 +391,7 @@ def evaluate_stage(
         results["search_match"] = topk_table(cosine, test.y, test.sources)
         # The two fail on different patterns: log-probability plus a weighted cosine.
         fused = np.log(np.maximum(cnn, 1e-12)) + float(settings.get("fusion_weight", 10.0)) * cosine
-        results["cnn+search_match"] = topk_table(fused, test.y, test.sources)
+        results["cnn_search_match"] = topk_table(fused, test.y, test.sources)
         for name, s in (scores.items() if classical else ()):
             results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
         metrics["measured"] = results

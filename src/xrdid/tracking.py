@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from xrdid.errors import InputError
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+_METRIC_CHARS = re.compile(r"[^\w\-. :/]")
 DEFAULT_EXPERIMENT = "xrdid"
 
 
@@ -104,7 +106,7 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_METRIC_CHARS.sub('_', str(key))}"  # MLflow's alphabet; our own keys need no change
         if isinstance(value, Mapping):
             flat.update(flatten(value, name + "."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
