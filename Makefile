@@ -29,11 +29,19 @@ run: venv ## run the whole pipeline (dvc repro) on the embedded default, push da
 
 repro: run
 
-test: venv ## run the test suite
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+# The many-worker Optuna test needs PostgreSQL: a set XRDID_TEST_POSTGRES_URL is used as it is, else
+# scripts/postgres.sh starts the local server (installing it if missing) and prints its URL.
+test: venv ## run the test suite (starts the local PostgreSQL for the many-worker Optuna test)
+	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
+	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
-test-fast: venv ## run the tests not marked slow
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+test-fast: venv ## run the tests not marked slow (with the local PostgreSQL too)
+	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
+	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+
+.PHONY: postgres
+postgres: ## start the local PostgreSQL (scripts/postgres.sh: .postgres/, port 55432) and print its URL
+	@scripts/postgres.sh
 
 bench: venv ## run the benchmarks (ratios against references measured in the same run)
 	$(BIN)/python benchmarks/simulate.py

@@ -26,10 +26,12 @@ _COMMAND_MODULES = [
     "xrdid.augment",
     "xrdid.train",
     "xrdid.evaluate",
+    "xrdid.tune",
     "xrdid.tracking",
     "xrdid.predict",
     "xrdid.synthetic",
     "xrdid.explain",
+    "xrdid.bench",
 ]
 
 
