@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage, optimize, special
 
+from xrdid.train import check_labels
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -115,15 +117,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return special.softmax(z, axis=-1)
 
 
-def _check_labels(scores: np.ndarray, y: np.ndarray) -> None:
-    if scores.ndim != 2 or y.shape != (scores.shape[0],):
-        raise ValueError(f"need scores (n, n_classes) and labels (n,), got {scores.shape} and {y.shape}")
-    if y.size == 0:
-        raise ValueError("no samples")
-    if y.min() < 0 or y.max() >= scores.shape[1]:
-        raise ValueError("labels out of range of the score columns")
-
-
 def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
     """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(logits / T)``.
 
@@ -149,7 +142,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
-    _check_labels(z, y)
+    check_labels(z, y)
     if not np.isfinite(z).all():
         raise ValueError("logits contain NaN or infinite values")
     true = z[np.arange(len(y)), y]
@@ -179,7 +172,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
     """
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
-    _check_labels(probs, y)
+    check_labels(probs, y)
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
     confidence = probs.max(axis=1)
@@ -213,7 +206,7 @@ def reliability_plot(
     edges = np.linspace(0, 1, n_bins + 1)
     for label, p in series.items():
         p = np.asarray(p, dtype=np.float64)
-        _check_labels(p, y)
+        check_labels(p, y)
         confidence = p.max(axis=1)
         correct = (p.argmax(axis=1) == y).astype(np.float64)
         b = _bins(confidence, n_bins)

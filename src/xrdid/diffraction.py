@@ -573,6 +573,11 @@ class PatternSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rows(self, ids: list[str]) -> np.ndarray:
+        """Row of each id in this set (e.g. to put profiles in a model's class order)."""
+        position = {entry: i for i, entry in enumerate(self.ids)}
+        return np.array([position[i] for i in ids], dtype=np.int64)
+
     def peaks(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(2θ, intensity) of entry ``index``'s reflections."""
         sl = slice(self.offsets[index], self.offsets[index + 1])

@@ -75,6 +75,7 @@ class Identifier:
     novelty: dict[str, Any] | None = None
     folder: Path | None = None
     _profiles: np.ndarray | None = field(default=None, repr=False)
+    _patterns: Any = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:
@@ -152,9 +153,7 @@ class Identifier:
             from xrdid.library import material_groups
 
             patterns = PatternSet.load(patterns_dir)
-            position = {entry: i for i, entry in enumerate(patterns.ids)}
-            order = [position[i] for i in ids]
-            groups = material_groups(pd.DataFrame(library), np.asarray(patterns.profiles)[order])
+            groups = material_groups(pd.DataFrame(library), np.asarray(patterns.profiles)[patterns.rows(ids)])
             for row, material in zip(library, groups):
                 row["material"] = material
         with open(folder / "library.csv", "w", newline="") as handle:
@@ -292,17 +291,18 @@ class Identifier:
         """Simulated profiles in class order (from the folder's ``patterns/``), or None."""
         if self._profiles is None and self.folder is not None and (self.folder / "patterns").is_dir():
             patterns = self.patterns()
-            position = {entry: i for i, entry in enumerate(patterns.ids)}
-            self._profiles = np.asarray(patterns.profiles)[[position[i] for i in self.ids]]
+            self._profiles = np.asarray(patterns.profiles)[patterns.rows(self.ids)]
         return self._profiles
 
     def patterns(self) -> Any:
         """The library's :class:`~xrdid.diffraction.PatternSet` stored with the identifier."""
         from xrdid.diffraction import PatternSet
 
-        if self.folder is None:
-            raise InputError("identifier", "no simulated patterns stored with this identifier")
-        return PatternSet.load(self.folder / "patterns")
+        if self._patterns is None:  # loaded once: explanations of a batch all draw from it
+            if self.folder is None:
+                raise InputError("identifier", "no simulated patterns stored with this identifier")
+            self._patterns = PatternSet.load(self.folder / "patterns")
+        return self._patterns
 
     def predict_files(self, paths: Sequence[str | Path], top: int = 5, batch_size: int = 256,
                       progress: bool = False, keep_rows: bool = False) -> Iterator[dict[str, Any]]:
@@ -495,12 +495,11 @@ def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, numbe
     from xrdid.explain import grad_cam, make_candidate, plot_explanation
 
     patterns = identifier.patterns()
-    position = {entry: i for i, entry in enumerate(patterns.ids)}
-    classes = {entry: i for i, entry in enumerate(identifier.ids)}
-    best = result["candidates"][0]["id"]
-    cam = grad_cam(identifier.model, result["row"][None], target=classes[best])[0]
-    candidates = [make_candidate(patterns, position[c["id"]], c["probability"], c["formula"])
-                  for c in result["candidates"][:3]]
+    top = result["candidates"][:3]
+    best = identifier.ids.index(top[0]["id"])
+    cam = grad_cam(identifier.model, result["row"][None], target=best)[0]
+    rows = patterns.rows([c["id"] for c in top])
+    candidates = [make_candidate(patterns, int(r), c["probability"], c["formula"]) for r, c in zip(rows, top)]
     path = folder / f"{number:04d}_{Path(result['file']).stem}.png"
     verdict = "" if result.get("in_library") is not False else "  [not in library?]"
     plot_explanation(identifier.grid, result["row"], result["covered"], cam, candidates, path,

@@ -367,8 +367,7 @@ def _calibrate(model: Any, ids: list[str], params: Mapping[str, Any], augmented_
     temperature = fit_temperature(logits, y)
     before, after = softmax(logits), softmax(logits, temperature)
     patterns = PatternSet.load(patterns_dir)
-    position = {entry: i for i, entry in enumerate(patterns.ids)}
-    profiles = np.asarray(patterns.profiles)[[position[i] for i in ids]]
+    profiles = np.asarray(patterns.profiles)[patterns.rows(ids)]
     n = int(settings.get("novelty_samples", 2000))  # search-match against the library: a few thousand suffice
     evidence = novelty_evidence(after[:n], X[:n], None, profiles, patterns.grid)
     rule = NoveltyRule.fit(evidence, float(settings.get("false_flag_rate", 0.1)),

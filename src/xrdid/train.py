@@ -558,6 +558,16 @@ def predict_proba(
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
 
 
+def check_labels(scores: np.ndarray, y: np.ndarray) -> None:
+    """Raise ValueError unless ``scores`` is (n, n_classes) and ``y`` holds n labels in range."""
+    if scores.ndim != 2 or y.shape != (scores.shape[0],):
+        raise ValueError(f"need scores (n, n_classes) and y (n,), got {scores.shape} and {y.shape}")
+    if y.size == 0:
+        raise ValueError("no samples to score")
+    if y.min() < 0 or y.max() >= scores.shape[1]:
+        raise ValueError("labels out of range of the score columns")
+
+
 def topk_accuracy(
     scores: np.ndarray | torch.Tensor, y: np.ndarray | Sequence[int], k: int | Sequence[int] = (1, 2, 3, 4, 5)
 ) -> dict[int, float]:
@@ -578,12 +588,7 @@ def topk_accuracy(
     scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     y = np.asarray(y, dtype=np.int64)
     ks = [k] if isinstance(k, int) else list(k)
-    if scores.ndim != 2 or y.shape != (scores.shape[0],):
-        raise ValueError(f"need scores (n, n_classes) and y (n,), got {scores.shape} and {y.shape}")
-    if y.size == 0:
-        raise ValueError("no samples to score")
-    if y.min() < 0 or y.max() >= scores.shape[1]:
-        raise ValueError("labels out of range of the score columns")
+    check_labels(scores, y)
     if any(kk < 1 for kk in ks):
         raise ValueError("k must be >= 1")
     rank = np.empty(len(y), dtype=np.int64)  # number of other classes scoring >= the true one
