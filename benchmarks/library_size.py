@@ -9,7 +9,7 @@ Prints a table, writes ``library_size.csv`` and ``library_size.png`` in ``--out`
 Usage::
 
     python benchmarks/library_size.py --distractors 0 300 1000 [--epochs 20] [--ratio 40]
-                                      [--out /tmp/library-size] [--fresh]
+                                      [--out /tmp/library-size] [--[no-]fresh]
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, nargs="+", default=[0, 300, 1000])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--ratio", type=int, default=40)
-    parser.add_argument("--fresh", action="store_true", help="fresh augmentations every epoch")
+    parser.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=None,
+                        help="fresh augmentations every epoch (default: the profile's train.fresh)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/library-size")
     args = parser.parse_args()
@@ -50,7 +51,9 @@ def main() -> None:
     params = yaml.safe_load((REPO / "pipelines" / "rruff" / "params.yaml").read_text())
     rruff = SHARED_DATA / "rruff304"
     params["augment"]["ratio"] = args.ratio
-    params["train"].update({"epochs": args.epochs, "seed": args.seed, "fresh": args.fresh})
+    params["train"].update({"epochs": args.epochs, "seed": args.seed})
+    if args.fresh is not None:
+        params["train"]["fresh"] = args.fresh
     params["noise"]["folder"] = str(SHARED_DATA / "noise")
     params["evaluate"]["measured"] = {"labels": str(rruff / "labels.csv"), "folder": None, "default_wavelength": "CuKa"}
     params["evaluate"]["classical"] = []  # the CNN and search-match only: the study is about scaling
@@ -89,7 +92,7 @@ def main() -> None:
              "--patterns", str(run / "patterns"), "--noise", str(out / "noise_bank"), "--library", str(run / "library"))
         _run("evaluate", "--params", str(params_path), "--model", str(run / "models" / "model.safetensors"),
              "--patterns", str(run / "patterns"), "--augmented", str(run / "augmented"),
-             "--metrics", str(run / "metrics.json"), "--plots", str(run / "plots"))
+             "--library", str(run / "library"), "--metrics", str(run / "metrics.json"), "--plots", str(run / "plots"))
         metrics = json.loads((run / "metrics.json").read_text())
         for method in ("cnn", "search_match", "cnn_search_match"):
             table = metrics["measured"][method]
@@ -113,13 +116,14 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in (("cnn", "o-"), ("search_match", "s--"), ("cnn_search_match", "^-.")):
+    for (method, style), color in zip((("cnn", "o-"), ("search_match", "s--"), ("cnn_search_match", "^-.")),
+                                      ("C0", "C1", "C2")):
         sel = [r for r in rows if r["method"] == method]
         sizes = [r["library"] for r in sel]
-        ax.plot(sizes, [r["top1"] for r in sel], style, label=f"{method} Top-1")
-        ax.plot(sizes, [r["top5"] for r in sel], style, alpha=0.4, label=f"{method} Top-5")
+        ax.plot(sizes, [r["top1"] for r in sel], style, color=color, label=f"{method} Top-1")
+        ax.plot(sizes, [r["top5"] for r in sel], style, color=color, alpha=0.4, label=f"{method} Top-5")
     ax.set(xlabel="library entries (304 RRUFF-304 + CoRE MOF distractors)", ylabel="accuracy on 152 measured",
-           ylim=(0, 1.02), title="Accuracy against library size")
+           ylim=(0.5, 1.0), title="Accuracy against library size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

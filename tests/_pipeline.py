@@ -40,7 +40,8 @@ def run_pipeline(tmp_path: Path, params: Path, register: bool = False) -> dict:
          "--out", f"{d}/augmented"],
         ["train", "--augmented", f"{d}/augmented", "--out", f"{d}/models"],
         ["evaluate", "--model", f"{d}/models/model.safetensors", "--patterns", f"{d}/patterns",
-         "--augmented", f"{d}/augmented", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots"],
+         "--augmented", f"{d}/augmented", "--library", f"{d}/library", "--metrics", f"{d}/metrics.json",
+         "--plots", f"{d}/plots"],
     ]
     if register:
         steps.append(["register", "--models", f"{d}/models", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots",

@@ -114,6 +114,10 @@ def test_rruff_folder(shared_data: Path, tmp_path: Path) -> None:
     params = {"source": "folder", "folder": str(shared_data / "rruff304" / "cif"), "select": 20, "seed": 0}
     lib = build_library(params, tmp_path / "lib", progress=False)
     assert len(lib) == 20 and np.all(lib.index["n_atoms"] > 0)
+    # element set and Niggli-reduced cell (sorted lengths) of every entry, for material_groups
+    cell = lib.index[["a", "b", "c"]].to_numpy()
+    assert np.all(cell[:, 0] <= cell[:, 1] + 1e-3) and np.all(cell[:, 1] <= cell[:, 2] + 1e-3)
+    assert lib.index["elements"].str.len().min() > 0
 
 
 def test_crystal_from_bad_cif_names_file(tmp_path: Path) -> None:
@@ -135,3 +139,24 @@ def test_material_groups_join_refcodes_and_near_identical_patterns() -> None:
     # same refcode stem (RUBTAK01/RUBTAK02) and same formula + same pattern (jz4002345) → one material;
     # an identical pattern with another formula, or the same formula with another pattern, stays apart
     assert groups == ["RUBTAK01_SL", "RUBTAK01_SL", "RUBTAK01_SL", "other", "same_formula_other_pattern"]
+
+
+def test_material_groups_join_one_lattice_with_one_element_set() -> None:
+    # opXRD's stibnite is a partial P1 model (Sb2S3, 5 atoms) in the RRUFF stibnite's cell (Sb8S12);
+    # andalusite and sillimanite (Al2SiO5 polymorphs) have cells 3-4 % apart; ZnS2 shares no elements.
+    cells = {
+        "Sb2S3_1": ("S Sb", 3.8365, 11.2276, 11.3118, 90.0, 90.0, 90.0),
+        "Sb2S3_62": ("S Sb", 3.8296, 11.2250, 11.2820, 90.0, 90.0, 90.0),
+        "andalusite": ("Al O Si", 5.556, 7.794, 7.899, 90.0, 90.0, 90.0),
+        "sillimanite": ("Al O Si", 5.770, 7.486, 7.675, 90.0, 90.0, 90.0),
+        "ZnS2": ("S Zn", 3.8365, 11.2276, 11.3118, 90.0, 90.0, 90.0),
+    }
+    index = pd.DataFrame([{"id": k, "reduced_formula": k, "refcode": "", "elements": v[0],
+                           **dict(zip(["a", "b", "c", "alpha", "beta", "gamma"], v[1:]))} for k, v in cells.items()])
+    profiles = np.eye(len(index))  # unlike patterns: only the cells can join them
+    groups = material_groups(index, profiles)
+    assert groups == ["Sb2S3_1", "Sb2S3_1", "andalusite", "sillimanite", "ZnS2"]
+    # without the cell columns (an older index) nothing is joined
+    assert material_groups(index[["id", "reduced_formula", "refcode"]], profiles) == list(cells)
+    # a wider tolerance joins the polymorphs
+    assert material_groups(index, profiles, length_tol=0.05)[3] == "andalusite"

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from numpy.testing import assert_allclose
 
 from xrdid.cli import main
-from xrdid.tracking import champion, configure, dvc_hashes, flatten, register
+from xrdid.tracking import champion, configure, dvc_hashes, flatten, register, test_set_of
 
 
 def test_configure_keeps_artifacts_beside_the_database(tmp_path: Path) -> None:
@@ -19,6 +19,21 @@ def test_configure_keeps_artifacts_beside_the_database(tmp_path: Path) -> None:
     location = mlflow.get_experiment(experiment_id).artifact_location
     assert location == (tmp_path / "store" / "artifacts").as_uri()
     assert configure(f"sqlite:///{tmp_path}/store/mlflow.db", "exp") == experiment_id  # reused, not duplicated
+
+
+def test_test_set_counts_library_entries_not_index_columns(tmp_path: Path) -> None:
+    metrics = {"validation": {"cnn": {f"top{k}": 0.5 for k in range(1, 6)}}}
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "y.npy").write_bytes(b"labels")
+
+    def key(index: str) -> str:
+        (tmp_path / "index.csv").write_text(index)
+        return test_set_of({}, metrics, tmp_path, tmp_path)[0]
+
+    before = key("id,sha256\na,1\nb,2\n")
+    assert key("id,formula,sha256,a\na,X,1,3.0\nb,Y,2,4.0\n") == before  # a column added to the index
+    assert key("id,sha256\na,1\nb,3\n") != before  # a CIF changed
+    assert before.startswith("validation:")
 
 
 def test_dvc_hashes_reads_every_output(tmp_path: Path) -> None:

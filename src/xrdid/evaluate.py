@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -337,12 +338,16 @@ def evaluate_stage(
     metrics_path: str | Path,
     plots_dir: str | Path,
     progress: bool = True,
+    library_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the trained model and the baselines; write ``metrics.json`` and the plots.
 
     The validation split (synthetic) is always scored. The measured test set is scored when
     ``evaluate.measured.labels`` names a labels file that exists; a configured but absent one
-    is logged and skipped, so the embedded default runs anywhere.
+    is logged and skipped, so the embedded default runs anywhere. With ``library_dir`` the
+    measured set is also scored per material (``measured_material``): entries that
+    :func:`xrdid.library.material_groups` joins count as one answer, and ``plots/materials.csv``
+    lists them.
     """
     from xrdid.diffraction import PatternSet
     from xrdid.models import load_model
@@ -396,6 +401,10 @@ def evaluate_stage(
             results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
+        if library_dir is not None:
+            scored = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused,
+                      **{name: s[len(val_pick):] for name, s in (scores.items() if classical else ())}}
+            metrics.update(_material_tables(scored, test, patterns, library_dir, plots / "materials.csv"))
         _write_measured_plots(plots, grid, patterns, test, cnn, int(settings.get("n_match_plots", 0)))
 
     _write_topk_csv(plots / "topk.csv", metrics)
@@ -403,6 +412,27 @@ def evaluate_stage(
               "measured patterns" if "measured" in metrics else "validation (synthetic)")
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns: Any, library_dir: str | Path,
+                     path: Path) -> dict[str, Any]:
+    """Top-1..5 when entries of one material count as one answer (each material scores its best entry)."""
+    from xrdid.library import material_groups
+
+    index = pd.read_csv(Path(library_dir) / "index.csv", dtype={"id": str}, keep_default_na=False).set_index("id", drop=False)
+    index = index.loc[patterns.ids].reset_index(drop=True)
+    materials = material_groups(index, patterns.profiles)
+    names, group = np.unique(materials, return_inverse=True)
+    pd.DataFrame({"id": patterns.ids, "material": materials}).to_csv(path, index=False)
+    shared = sorted({m for m, k in zip(*np.unique(materials, return_counts=True)) if k > 1})
+    log.info("evaluate: %d entries form %d materials; shared: %s", len(materials), len(names), ", ".join(shared) or "none")
+    y = np.where(test.y >= 0, group[np.maximum(test.y, 0)], -1)
+    tables = {}
+    for method, s in scored.items():
+        best = np.full((len(s), len(names)), -np.inf)
+        np.maximum.at(best, (slice(None), group), s)
+        tables[method] = topk_table(best, y, test.sources)
+    return {"n_materials": len(names), "measured_material": tables}
 
 
 def _measured_set(params: dict[str, Any], settings: dict[str, Any], ids: list[str], grid: Grid,
@@ -465,15 +495,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--augmented", default="data/augmented", help="augmented splits")
     p.add_argument("--metrics", default="metrics.json", help="metrics output")
     p.add_argument("--plots", default="plots", help="plots folder")
+    p.add_argument("--library", default=None,
+                   help="library folder: also score the measured set per material (entries of one material joined)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_stage(load_params(args.params), args.model, args.patterns, args.augmented,
-                             args.metrics, args.plots, progress=not args.no_progress)
-    for dataset in ("validation", "measured"):
+                             args.metrics, args.plots, progress=not args.no_progress, library_dir=args.library)
+    for dataset in ("validation", "measured", "measured_material"):
         for method, table in (metrics.get(dataset) or {}).items():
             tops = "  ".join(f"top{k} {table[f'top{k}']:.3f}" for k in TOP_K)
-            print(f"{dataset:10} {method:20} {tops}  (n={table['n']})")
+            print(f"{dataset:17} {method:20} {tops}  (n={table['n']})")
     return 0

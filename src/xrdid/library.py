@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 INDEX_COLUMNS = [
     "id", "source", "formula", "reduced_formula", "spacegroup", "spacegroup_number",
     "n_atoms", "volume", "density", "refcode", "sha256",
+    "elements", "a", "b", "c", "alpha", "beta", "gamma",  # element set and Niggli-reduced cell
 ]
 # CSD refcodes: six capital letters, optionally two digits (RUBTAK01_SL -> RUBTAK).
 _REFCODE = re.compile(r"^([A-Z]{6})(\d{2})?(?:_|$)")
+_CELL = ("a", "b", "c", "alpha", "beta", "gamma")
 
 
 @dataclass
@@ -221,6 +223,7 @@ def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, di
         except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
             symbol, number = "", 0
         match = _REFCODE.match(entry_id)
+        cell = structure.lattice.get_niggli_reduced_lattice()
         row = {
             "id": entry_id,
             "formula": structure.composition.formula.replace(" ", ""),
@@ -232,6 +235,8 @@ def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, di
             "density": round(float(structure.density), 5),
             "refcode": match.group(1) if match else "",
             "sha256": hashlib.sha256(data).hexdigest(),
+            "elements": " ".join(sorted(element.symbol for element in structure.composition.elements)),
+            **{name: round(float(value), 4) for name, value in zip(_CELL, (*cell.abc, *cell.angles))},
         }
         return entry_id, data, row, crystal, ""
     except Exception as exc:  # one odd structure must not stop the stage
@@ -452,19 +457,25 @@ def read_rejects(folder: str | Path) -> pd.DataFrame:
     return pd.read_csv(Path(folder, "rejects.csv"), keep_default_na=False)
 
 
-def material_groups(index: pd.DataFrame, profiles: np.ndarray, threshold: float = 0.95) -> list[str]:
+def material_groups(index: pd.DataFrame, profiles: np.ndarray, threshold: float = 0.95,
+                    length_tol: float = 0.02, angle_tol: float = 2.0) -> list[str]:
     """The material each entry belongs to: the id of its group's first entry.
 
-    The same material is often several entries (UiO-66 is at least four in CoRE MOF 2019). Two
-    entries are one material when they share a CSD refcode stem, or the same reduced formula
-    and simulated profiles whose cosine similarity is at least ``threshold``; groups are the
-    connected components of that relation.
+    The same material is often several entries (UiO-66 is at least four in CoRE MOF 2019; a
+    mineral and a partial model of it with the same cell). Two entries are one material when
+    they share a CSD refcode stem; or the same reduced formula and simulated profiles whose
+    cosine similarity is at least ``threshold``; or the same element set and the same lattice
+    (Niggli cells within ``length_tol`` relative and ``angle_tol`` degrees, when the index has
+    the cell columns). Groups are the connected components of that relation. Polymorphs such as
+    andalusite and sillimanite (cells 3-4 % apart) stay apart.
 
     Parameters
     ----------
-    index : the library index (columns ``id``, ``reduced_formula``, ``refcode``), in ``profiles`` order.
+    index : the library index (columns ``id``, ``reduced_formula``, ``refcode``; optionally
+        ``elements``, ``a``, ``b``, ``c``, ``alpha``, ``beta``, ``gamma``), in ``profiles`` order.
     profiles : (n_entries, n_points) simulated profiles on one grid.
     threshold : cosine above which same-formula entries count as one material.
+    length_tol, angle_tol : how far two cells of one material may differ.
 
     Examples
     --------
@@ -496,5 +507,29 @@ def material_groups(index: pd.DataFrame, profiles: np.ndarray, threshold: float 
             similar = unit[rows] @ unit[rows].T >= threshold
             for i, row in zip(rows, similar):
                 join(np.concatenate([[i], np.asarray(rows)[row]]))
+    for i, j in _same_lattice_pairs(index, length_tol, angle_tol):
+        join(np.array([i, j]))
     ids = index["id"].astype(str).tolist()
     return [ids[root(i)] for i in range(n)]
+
+
+def _same_lattice_pairs(index: pd.DataFrame, length_tol: float, angle_tol: float) -> list[tuple[int, int]]:
+    """Pairs of rows with one element set whose lattices map onto each other within tolerance."""
+    if not {"elements", *_CELL} <= set(index.columns):
+        return []  # an index written before the cell columns existed
+    from pymatgen.core import Lattice
+
+    cells = index[list(_CELL)].to_numpy(dtype=float)
+    pairs = []
+    for elements, rows in index.groupby("elements").indices.items():
+        rows = rows[np.isfinite(cells[rows]).all(axis=1)]
+        if not elements or len(rows) < 2:
+            continue
+        # Niggli lengths are sorted, so they screen cheaply; pymatgen confirms (angles, settings).
+        lengths = cells[rows, :3]
+        close = (np.abs(lengths[:, None, :] / lengths[None, :, :] - 1) <= length_tol).all(axis=2)
+        for a, b in zip(*np.nonzero(np.triu(close, 1))):
+            first, second = (Lattice.from_parameters(*cells[rows[k]]) for k in (a, b))
+            if first.find_mapping(second, ltol=length_tol, atol=angle_tol) is not None:
+                pairs.append((int(rows[a]), int(rows[b])))
+    return pairs

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import logging
@@ -270,11 +271,13 @@ def test_set_of(params: Mapping[str, Any], metrics: Mapping[str, Any], library_d
     """What the pipeline's model is judged on, and its scores there.
 
     The measured test set when ``metrics.json`` has one (identified by the labels file's and the
-    library's hashes), else the synthetic validation split (identified by its labels' hash).
+    library's hashes), else the synthetic validation split (identified by its labels' hash). The
+    library counts by its entries (ids and CIF hashes, in order), so columns that a later version
+    adds to the index do not start a new comparison.
     """
-    from xrdid.predict import library_sha256
-
-    library = library_sha256(Path(library_dir) / "index.csv")[:12]
+    with open(Path(library_dir) / "index.csv", newline="") as handle:
+        entries = "\n".join(f"{row['id']},{row['sha256']}" for row in csv.DictReader(handle))
+    library = hashlib.sha256(entries.encode()).hexdigest()[:12]
     if "measured" in metrics:
         labels = Path(params["evaluate"]["measured"]["labels"])
         key = f"measured:{hashlib.sha256(labels.read_bytes()).hexdigest()[:12]}:library:{library}"
