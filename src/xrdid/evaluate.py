@@ -42,6 +42,8 @@ from xrdid.errors import InputError
 if TYPE_CHECKING:
     import argparse
 
+    from xrdid.diffraction import PatternSet
+
 log = logging.getLogger(__name__)
 
 TOP_K = (1, 2, 3, 4, 5)
@@ -414,18 +416,18 @@ def evaluate_stage(
     return metrics
 
 
-def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns: Any, library_dir: str | Path,
-                     path: Path) -> dict[str, Any]:
+def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns: PatternSet,
+                     library_dir: str | Path, path: Path) -> dict[str, Any]:
     """Top-1..5 when entries of one material count as one answer (each material scores its best entry)."""
     from xrdid.library import material_groups
 
-    index = pd.read_csv(Path(library_dir) / "index.csv", dtype={"id": str}, keep_default_na=False).set_index("id", drop=False)
-    index = index.loc[patterns.ids].reset_index(drop=True)
+    index = pd.read_csv(Path(library_dir) / "index.csv", dtype={"id": str}, keep_default_na=False)
+    index = index.set_index("id", drop=False).loc[patterns.ids].reset_index(drop=True)
     materials = material_groups(index, patterns.profiles)
-    names, group = np.unique(materials, return_inverse=True)
+    names, group, counts = np.unique(materials, return_inverse=True, return_counts=True)
     pd.DataFrame({"id": patterns.ids, "material": materials}).to_csv(path, index=False)
-    shared = sorted({m for m, k in zip(*np.unique(materials, return_counts=True)) if k > 1})
-    log.info("evaluate: %d entries form %d materials; shared: %s", len(materials), len(names), ", ".join(shared) or "none")
+    log.info("evaluate: %d entries form %d materials; shared: %s", len(materials), len(names),
+             ", ".join(names[counts > 1]) or "none")
     y = np.where(test.y >= 0, group[np.maximum(test.y, 0)], -1)
     tables = {}
     for method, s in scored.items():
