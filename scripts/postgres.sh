@@ -7,7 +7,8 @@
 #
 # Idempotent: a running server is left alone, an initialised one is only started. The URL is the only
 # line on stdout; progress goes to stderr. Settings (environment):
-#   XRDID_PG_PORT (55432)   XRDID_PG_DIR (.postgres in the checkout; gitignored)
+#   XRDID_PG_PORT (55432, or the next free one when another checkout's server holds it)
+#   XRDID_PG_DIR (.postgres in the checkout; gitignored)
 #   XRDID_PG_USER / XRDID_PG_PASSWORD / XRDID_PG_DB (xrdid / xrdid / xrdid)
 #   XRDID_PG_LISTEN (localhost): '*' serves other machines too (password login from any address; set
 #     XRDID_PG_PASSWORD to something private) and the URL then names this host (XRDID_PG_HOST overrides).
@@ -86,6 +87,16 @@ if [ "$(id -u)" -eq 0 ]; then
         say "the checkout is not reachable by the postgres user; using $DIR"
         mkdir -p "$DIR" && chown postgres: "$DIR"
     fi
+fi
+
+# Another checkout's server on the default port: take the next port that is free or already ours
+# (our server's socket lives in $DIR). An explicit XRDID_PG_PORT is used as given.
+if [ -z "${XRDID_PG_PORT:-}" ]; then
+    for _ in $(seq 20); do
+        if ! is_up || [ -S "$DIR/.s.PGSQL.$PORT" ]; then break; fi
+        say "port $PORT is served by another PostgreSQL; trying $((PORT + 1))"
+        PORT=$((PORT + 1))
+    done
 fi
 
 if ! is_up; then
