@@ -93,3 +93,21 @@ def test_unreadable_patterns_are_reported_and_skipped(tmp_path: Path) -> None:
     test = MeasuredSet.from_folder(tmp_path, tmp_path / "labels.csv", ["a", "b"], GRID, "CuKa", progress=False)
     assert test.files == ["good.xy"] and test.y.tolist() == [0]
     assert test.failed[0][0] == "empty.xy" and "empty" in test.failed[0][1]
+
+
+def test_material_tables_need_the_matching_library(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from xrdid.evaluate import _material_tables
+
+    patterns = SimpleNamespace(ids=["a", "b"], profiles=np.eye(2))
+    test = MeasuredSet(["x.xy"], np.zeros((1, 2), np.float32), np.ones((1, 2), bool), np.array([1]), ["S"])
+    with pytest.raises(InputError, match=r"index\.csv: library index not found"):
+        _material_tables({"cnn": np.array([[0.9, 0.1]])}, test, patterns, tmp_path, tmp_path / "m.csv")
+    (tmp_path / "index.csv").write_text("id,reduced_formula,refcode\na,X,\n")
+    with pytest.raises(InputError, match=r"1 simulated patterns are not in this library \(e\.g\. b\)"):
+        _material_tables({"cnn": np.array([[0.9, 0.1]])}, test, patterns, tmp_path, tmp_path / "m.csv")
+    (tmp_path / "index.csv").write_text("id,reduced_formula,refcode\na,X,\nb,X,\n")  # one formula, one pattern
+    patterns.profiles = np.array([[1.0, 0.0], [1.0, 0.01]])
+    tables = _material_tables({"cnn": np.array([[0.9, 0.1]])}, test, patterns, tmp_path, tmp_path / "m.csv")
+    assert tables["n_materials"] == 1 and tables["measured_material"]["cnn"]["top1"] == 1.0

@@ -421,8 +421,14 @@ def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns:
     """Top-1..5 when entries of one material count as one answer (each material scores its best entry)."""
     from xrdid.library import material_groups
 
-    index = pd.read_csv(Path(library_dir) / "index.csv", dtype={"id": str}, keep_default_na=False)
-    index = index.set_index("id", drop=False).loc[patterns.ids].reset_index(drop=True)
+    path_index = Path(library_dir) / "index.csv"
+    if not path_index.is_file():
+        raise InputError(path_index, "library index not found")
+    index = pd.read_csv(path_index, dtype={"id": str}, keep_default_na=False).set_index("id", drop=False)
+    missing = sorted(set(patterns.ids) - set(index.index))
+    if missing:
+        raise InputError(path_index, f"{len(missing)} simulated patterns are not in this library (e.g. {missing[0]})")
+    index = index.loc[patterns.ids].reset_index(drop=True)
     materials = material_groups(index, patterns.profiles)
     names, group, counts = np.unique(materials, return_inverse=True, return_counts=True)
     pd.DataFrame({"id": patterns.ids, "material": materials}).to_csv(path, index=False)
