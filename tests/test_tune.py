@@ -19,13 +19,13 @@ optuna = pytest.importorskip("optuna")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from xrdid.augment import split_sizes  # noqa: E402
 from xrdid.tune import (  # noqa: E402
     TuneSettings,
     make_pruner,
     ratio_rows,
     run_ablation,
     run_study,
-    split_sizes,
     suggest,
 )
 

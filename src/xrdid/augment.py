@@ -669,6 +669,20 @@ def load_noise_bank(folder: str | Path, grid: Grid | None = None) -> np.ndarray:
     return noise
 
 
+def split_sizes(ratio: int, val_fraction: float) -> tuple[int, int]:
+    """Training and validation spectra per entry of the augment stage for ``ratio``.
+
+    :func:`write_augmented` splits every entry this way (Python's ``round``).
+
+    Examples
+    --------
+    >>> split_sizes(72, 0.2), split_sizes(40, 0.2), split_sizes(5, 0.2)
+    ((58, 14), (32, 8), (4, 1))
+    """
+    n_val = int(round(int(ratio) * float(val_fraction)))
+    return int(ratio) - n_val, n_val
+
+
 def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library: Library | None,
                     out: str | Path, params: dict[str, Any] | None = None, progress: bool = True,
                     sources: dict[str, str] | None = None) -> dict[str, Any]:
@@ -698,8 +712,7 @@ def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library
     aug = Augmenter.from_params(patterns, noise_bank, library, params)
     p = aug.settings
     out = Path(out)
-    n_val = int(round(p["ratio"] * p["val_fraction"]))
-    per_entry = {"train": p["ratio"] - n_val, "val": n_val}
+    per_entry = dict(zip(("train", "val"), split_sizes(p["ratio"], p["val_fraction"])))
     split_seeds = np.random.SeedSequence(p["seed"]).spawn(3)
     order_rng = np.random.default_rng(split_seeds[2])
     jobs = []

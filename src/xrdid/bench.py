@@ -357,12 +357,7 @@ def _parse_seed_list(seeds: Sequence[int] | str | int) -> list[int]:
     from xrdid.train import parse_seeds
 
     try:
-        if isinstance(seeds, (str, int)):
-            result = parse_seeds(seeds)
-        else:
-            result = [int(s) for s in seeds]
-            if len(set(result)) != len(result):
-                raise ValueError(f"seed list {list(seeds)} repeats a seed")
+        result = parse_seeds(seeds if isinstance(seeds, (str, int)) else ",".join(str(int(s)) for s in seeds))
     except (TypeError, ValueError) as exc:
         raise InputError("--seeds", str(exc)) from None
     if not result or min(result) < 0:

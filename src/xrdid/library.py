@@ -520,18 +520,15 @@ def _same_lattice_pairs(index: pd.DataFrame, length_tol: float, angle_tol: float
     from pymatgen.core import Lattice
 
     cells = index[list(_CELL)].to_numpy(dtype=float)
-    cosines = np.cos(np.radians(cells[:, 3:]))
-    volume = np.prod(cells[:, :3], axis=1) * np.sqrt(
-        np.clip(1 - (cosines**2).sum(axis=1) + 2 * np.prod(cosines, axis=1), 0, None))
     pairs = []
     for elements, rows in index.groupby("elements").indices.items():
         rows = rows[np.isfinite(cells[rows]).all(axis=1)]
         if not elements or len(rows) < 2:
             continue
-        # Sorted by volume, each entry meets only those inside the tolerance's volume window; the
-        # Niggli lengths (sorted) screen them cheaply and pymatgen confirms (angles, settings).
-        rows = rows[np.argsort(volume[rows], kind="stable")]
-        window = np.searchsorted(volume[rows], volume[rows] * (1 + length_tol) ** 3, side="right")
+        # Sorted by the shortest Niggli length, each entry meets only those within tolerance of it;
+        # the other two lengths screen them cheaply and pymatgen confirms (angles, settings).
+        rows = rows[np.argsort(cells[rows, 0], kind="stable")]
+        window = np.searchsorted(cells[rows, 0], cells[rows, 0] * (1 + length_tol), side="right")
         for a, stop in enumerate(window):
             near = rows[a + 1 : stop]
             near = near[(np.abs(cells[near, :3] / cells[rows[a], :3] - 1) <= length_tol).all(axis=1)]

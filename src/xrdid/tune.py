@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xrdid.augment import split_sizes
 from xrdid.errors import InputError
 
 if TYPE_CHECKING:
@@ -83,20 +84,6 @@ DATA_PARAMS = ("ratio",)
 
 
 # --------------------------------------------------------------------------- data: ratio subsets
-
-
-def split_sizes(ratio: int, val_fraction: float) -> tuple[int, int]:
-    """Training and validation spectra per entry of the augment stage for ``ratio``.
-
-    Same arithmetic as :func:`xrdid.augment.write_augmented` (Python's ``round``).
-
-    Examples
-    --------
-    >>> split_sizes(72, 0.2), split_sizes(40, 0.2), split_sizes(5, 0.2)
-    ((58, 14), (32, 8), (4, 1))
-    """
-    n_val = int(round(int(ratio) * float(val_fraction)))
-    return int(ratio) - n_val, n_val
 
 
 def ratio_rows(y: np.ndarray, per_entry: int) -> np.ndarray:
