@@ -118,8 +118,7 @@ def main() -> None:
             raise SystemExit(f"{model_path} has {model.n_classes} classes, not {keep.sum()}: drop --reuse")
         print(f"reusing {model_path}")
     else:
-        train_params = {k: v for k, v in (params.get("train") or {}).items() if k not in ("fresh", "seeds")}
-        config = TrainConfig.from_params({**train_params, "epochs": args.epochs, "seed": args.seed, "device": "cpu"})
+        config = TrainConfig.from_params({**(params.get("train") or {}), "epochs": args.epochs, "seed": args.seed, "device": "cpu"})
         model_params = dict(params.get("model") or {"name": "xrdnet"})
         seed_everything(args.seed)
         model = build_model(model_params.pop("name"), grid.n_points, int(keep.sum()),

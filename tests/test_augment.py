@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -160,6 +161,23 @@ def test_size_broadening_and_kalpha2(inputs) -> None:
     k1, k2 = _two_theta(d, 1.54056), _two_theta(d, 1.54439)
     assert _peak_near(doublet[0], k1, 0.05) == pytest.approx(k1, abs=0.01)
     assert _peak_near(doublet[0], k2, 0.05) == pytest.approx(k2, abs=0.02)
+
+
+def test_entries_with_overlapping_atoms_draw_their_own_intensity_spread(inputs) -> None:
+    patterns, library, _, _ = inputs
+    # the second pattern entry gets flagged as a broken model
+    flagged = dataclasses.replace(library, index=library.index.assign(
+        overlaps=np.where(library.index["id"] == patterns.ids[1], 3, 0)))
+    settings = {**CLEAN, "unreliable_intensity_sigma": 0.5}
+    reference, _ = Augmenter.from_params(patterns, None, library, CLEAN).sample(np.random.default_rng(0), [0, 1])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    x, _ = Augmenter.from_params(patterns, None, flagged, settings).sample(np.random.default_rng(8), labels)
+    assert_allclose(x[:3], reference[[0, 0, 0]], atol=1e-6)  # every variation off: always the reference
+    assert np.abs(x[3:] - reference[1]).max(axis=1).min() > 0.01
+    # an index without the column (older library) trusts every entry
+    old = dataclasses.replace(library, index=library.index.drop(columns="overlaps"))
+    x, _ = Augmenter.from_params(patterns, None, old, settings).sample(np.random.default_rng(8), labels)
+    assert_allclose(x, reference[labels], atol=1e-6)
 
 
 def _write(inputs, out: Path, **params) -> dict:

@@ -26,7 +26,7 @@ from xrdid.explain import (
     nca_plot,
     plot_explanation,
 )
-from xrdid.models import MODELS, build_model, save_model
+from xrdid.models import MODELS, build_model, ensemble, save_model
 from xrdid.train import fit, normalize_rows, seed_everything
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +38,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_cam_and_features_for_every_model(name: str, torch_one_thread: None) -> None:
     torch.manual_seed(0)
-    model = build_model(name, 256, 3)
+    if name == "ensemble":
+        model = ensemble([build_model("xrdnet", 256, 3), build_model("wang", 256, 3, conv_layers=2)])
+    else:
+        model = build_model(name, 256, 3)
     model.train()  # grad_cam and features must switch to eval and back
     X = np.random.default_rng(0).random((3, 256)) * 100
     for method in ("hirescam", "gradcam"):

@@ -11,7 +11,8 @@ import pytest
 from numpy.testing import assert_allclose
 
 from xrdid.errors import InputError
-from xrdid.library import Crystal, Library, build_library, core_mof_ids, material_groups, read_rejects
+from xrdid.library import (Crystal, Library, build_library, core_mof_ids, material_groups, overlapping_pairs,
+                           read_rejects)
 
 DATA = Path(__file__).parent / "data"
 NACL = (DATA / "nacl.cif").read_text()
@@ -160,3 +161,31 @@ def test_material_groups_join_one_lattice_with_one_element_set() -> None:
     assert material_groups(index[["id", "reduced_formula", "refcode"]], profiles) == list(cells)
     # a wider tolerance joins the polymorphs
     assert material_groups(index, profiles, length_tol=0.05)[3] == "andalusite"
+
+
+def test_overlapping_atoms_are_counted_and_the_entry_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    # opXRD's stibnite: the asymmetric unit in P1 with fractional coordinates divided by the cell lengths
+    cell = Lattice.orthorhombic(3.8365, 11.2276, 11.3118)
+    true = np.array([[0.25, 0.326, 0.471], [0.75, 0.036, 0.351], [0.25, 0.192, 0.292],
+                     [0.75, 0.123, 0.550], [0.75, 0.439, 0.375]])
+    broken = Structure(cell, ["Sb", "Sb", "S", "S", "S"], true / np.array(cell.abc))
+    assert overlapping_pairs(broken) > 0
+    assert overlapping_pairs(Structure(cell, broken.species, true)) == 0
+    # split sites of a disordered model may sit closer than 0.5 Å
+    split = Structure(cell, [{"Sb": 0.5}, {"Sb": 0.5}], [[0, 0, 0], [0.05, 0, 0]])
+    assert overlapping_pairs(split) == 0 and overlapping_pairs(split, distance=0.2) == 0
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(NACL)
+    CifWriter(broken).write_file(folder / "Sb2S3_1.cif")
+    with caplog.at_level("WARNING"):
+        lib = build_library({"source": "folder", "folder": str(folder), "workers": 1}, tmp_path / "lib",
+                            progress=False)
+    assert lib.ids == ["Sb2S3_1", "nacl"]  # kept: its cell, hence its peak positions, is right
+    overlaps = lib.index.set_index("id")["overlaps"]
+    assert overlaps["nacl"] == 0 and overlaps["Sb2S3_1"] == overlapping_pairs(broken)
+    assert "1 entries have atoms closer than 0.5" in caplog.text and "Sb2S3_1" in caplog.text

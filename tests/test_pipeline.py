@@ -27,6 +27,25 @@ def test_embedded_default_pipeline(tmp_path: Path) -> None:
     assert {r["method"] for r in rows} >= {"cnn", "search_match"} and {r["k"] for r in rows} == {"1", "2", "3", "4", "5"}
 
 
+def test_ensemble_is_trained_registered_and_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xrdid.models import Ensemble, load_model
+    from xrdid.predict import Identifier
+
+    metrics = run_pipeline(tmp_path, tiny_params(tmp_path, train={"ensemble": 2, "seed": 3}), register=True)
+    model = load_model(tmp_path / "models" / "model.safetensors")
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    summary = json.loads((tmp_path / "models" / "summary.json").read_text())
+    assert [m["seed"] for m in summary["members"]] == [3, 4] and summary["epochs"] == 4
+    assert summary["val_top"]["top1"] == metrics["validation"]["cnn"]["top1"]
+    assert (tmp_path / "models" / "seed-4" / "model.safetensors").is_file()  # each member stays beside it
+    registered = json.loads((tmp_path / "registered.json").read_text())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    identifier = Identifier.from_uri(f"models:/{registered['name']}/{registered['version']}")
+    assert isinstance(identifier.model, Ensemble)
+    ranked = identifier.rank(np.ones((1, identifier.grid.n_points), np.float32), top=3)[0]
+    assert len(ranked) == 3 and sum(c["probability"] for c in ranked) <= 1 + 1e-6
+
+
 def test_same_seed_same_model(tmp_path: Path) -> None:
     params = tiny_params(tmp_path)
     first = run_pipeline(tmp_path / "a", params)
@@ -74,3 +93,15 @@ def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) 
     for method, table in metrics["measured_material"].items():
         assert table["top1"] >= measured[method]["top1"] and table["n"] == measured[method]["n"], method
     assert len(list((tmp_path / "plots" / "measured").glob("*.png"))) == 2
+    # one row per pattern; its ranks agree with the Top-k tables
+    import pandas as pd
+
+    predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
+    assert len(predictions) == len(rows) and set(predictions["source"]) == {"RRUFF", "opXRD"}
+    for method in ("cnn", "search_match", "cnn_search_match"):
+        for k in (1, 5):
+            assert (predictions[f"{method}_rank"] <= k).mean() == pytest.approx(measured[method][f"top{k}"])
+    assert ((predictions["cnn_1"] == predictions["true"]) == (predictions["cnn_rank"] == 1)).all()
+    # opXRD's stibnite model has overlapping atoms: the library says so
+    index = pd.read_csv(tmp_path / "library" / "index.csv").set_index("id")
+    assert index.loc["Sb2S3_1", "overlaps"] > 0 and index.loc["Sb2S3_62", "overlaps"] == 0

@@ -173,3 +173,19 @@ def test_report_and_explanations(store: dict, tmp_path: Path, capsys: pytest.Cap
     html = report.read_text()
     assert html.count("<section") == 3 and "a&lt;b&gt;.xy" in html and "<b>.xy" not in html
     assert html.count("data:image/png;base64") == 2
+
+
+def test_a_candidate_with_overlapping_atoms_is_flagged(store: dict) -> None:
+    import dataclasses
+
+    from xrdid.diffraction import PatternSet
+
+    identifier = Identifier.from_uri(CHAMPION)
+    patterns = PatternSet.load(store["dir"] / "patterns")
+    row = np.asarray(patterns.profiles[patterns.rows([identifier.ids[0]])], dtype=np.float32)
+    best = identifier.identify(row)[0]["candidates"][0]
+    assert "unreliable_intensities" not in best
+    broken = [dict(entry, overlaps="3" if entry["id"] == best["id"] else "0") for entry in identifier.library]
+    result = dataclasses.replace(identifier, library=broken).identify(row)[0]
+    assert result["candidates"][0]["unreliable_intensities"] is True
+    assert any(f"the CIF of {best['id']} has overlapping atoms" in w for w in result["warnings"])

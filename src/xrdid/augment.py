@@ -12,7 +12,9 @@ ones, drawn as a profile, cut down to its main peaks and merged with measured no
    by a degree or more). Peaks merged in the simulation (e.g. 200/020/002 of a cubic cell) move
    together with their representative. Without a library the cell is unknown: one factor per
    spectrum (isotropic strain, from the mean range);
-3. **intensities**: a log-normal factor per peak (``intensity_sigma``) and, with probability
+3. **intensities**: a log-normal factor per peak (``intensity_sigma``; ``unreliable_intensity_sigma``
+   for entries whose structure has overlapping atoms, library column ``overlaps``: a broken model
+   whose cell, hence peak positions, can be trusted but not its intensities) and, with probability
    ``texture_probability``, March–Dollase preferred orientation
    ``(r² cos²α + sin²α / r)^(-3/2)`` with α the angle between a peak's plane normal and a low-index
    (or random) direction, r log-uniform in ``texture_r`` (r = 1 is no texture);
@@ -99,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "zero_shift": [-0.1, 0.1],
     "strain": [-0.02, 0.02],
     "intensity_sigma": 0.15,
+    "unreliable_intensity_sigma": None,
     "texture_probability": 0.5,
     "texture_r": [0.7, 1.4],
     "texture_direction": "low-index",
@@ -161,7 +164,9 @@ def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
         p[key] = float(p[key])
         if not 0 <= p[key] <= 1:
             raise ValueError(f"{key} must lie in [0, 1], got {p[key]}")
-    for key in ("intensity_sigma", "segment_width", "scherrer_k"):
+    if p["unreliable_intensity_sigma"] is None:
+        p["unreliable_intensity_sigma"] = p["intensity_sigma"]
+    for key in ("intensity_sigma", "unreliable_intensity_sigma", "segment_width", "scherrer_k"):
         p[key] = float(p[key])
         if p[key] < 0 or (key == "segment_width" and p[key] == 0):
             raise ValueError(f"{key} must be positive, got {p[key]}")
@@ -189,7 +194,7 @@ class Augmenter:
     """
 
     def __init__(self, patterns: PatternSet, noise: np.ndarray | None, lattices: np.ndarray | None,
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], unreliable: np.ndarray | None = None) -> None:
         p = self.settings = settings
         self.grid: Grid = patterns.grid
         self.ids = list(patterns.ids)
@@ -207,6 +212,9 @@ class Augmenter:
         two_theta, intensity, hkl = _padded_reflections(patterns, p["max_peaks"])
         self._sin = np.sin(np.radians(two_theta.astype(np.float64) / 2)).astype(np.float32)  # NaN = padding
         self._intensity = intensity
+        # log-normal σ of the per-peak intensity factor, per entry
+        self._sigma = np.where(np.zeros(len(self.ids), bool) if unreliable is None else np.asarray(unreliable, bool),
+                               p["unreliable_intensity_sigma"], p["intensity_sigma"]).astype(np.float32)
         self._lattice = lattices is not None
         if self._lattice:
             recip = np.linalg.inv(np.asarray(lattices, dtype=np.float64)).transpose(0, 2, 1)  # rows a*, b*, c*
@@ -272,7 +280,7 @@ class Augmenter:
                                        or np.shape(noise_bank)[0] < 1):
             raise InputError(None, f"noise bank of shape {np.shape(noise_bank)} does not fit the {n}-point grid "
                                    "of the patterns")
-        lattices = None
+        lattices = unreliable = None
         if library is not None:
             index = {entry: i for i, entry in enumerate(library.ids)}
             missing = [entry for entry in patterns.ids if entry not in index]
@@ -280,9 +288,13 @@ class Augmenter:
                 raise InputError(library.folder, f"{len(missing)} pattern entries are not in the library "
                                                  f"(first: {missing[0]})")
             lattices = np.asarray(library.lattice)[[index[entry] for entry in patterns.ids]]
+            unreliable = _unreliable_entries(library, patterns.ids)
+            if unreliable is not None and unreliable.any() and p["unreliable_intensity_sigma"] != p["intensity_sigma"]:
+                log.info("augment: %d entries with overlapping atoms draw intensities with σ = %g",
+                         int(unreliable.sum()), p["unreliable_intensity_sigma"])
         elif p["texture_probability"] > 0 or np.ptp(p["strain"]) > 0:
             log.info("augment: no library: strain is isotropic and texture is off")
-        return cls(patterns, noise_bank, lattices, p)
+        return cls(patterns, noise_bank, lattices, p, unreliable)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -355,8 +367,9 @@ class Augmenter:
             else:  # no cell: one factor, from the mean of the axes' ranges
                 sin = sin / (1 + rng.uniform(lo.mean(), hi.mean(), (b, 1))).astype(np.float32)
 
-        if p["intensity_sigma"] > 0:
-            height *= np.exp(p["intensity_sigma"] * rng.standard_normal((b, height.shape[1]), dtype=np.float32))
+        sigma = self._sigma[labels]
+        if sigma.any():
+            height *= np.exp(sigma[:, None] * rng.standard_normal((b, height.shape[1]), dtype=np.float32))
 
         textured = rng.random(b) < p["texture_probability"]
         if self._lattice and textured.any():
@@ -534,6 +547,16 @@ def _padded_values(patterns: PatternSet, values: np.ndarray, max_peaks: int) -> 
     out = np.full((len(patterns), width), np.nan, dtype=values.dtype)
     out[entry, rank] = values[index]
     return out
+
+
+def _unreliable_entries(library: Library, ids: list[str]) -> np.ndarray | None:
+    """Per pattern entry: does its structure have overlapping atoms (library ``overlaps`` column)?"""
+    if "overlaps" not in library.index:
+        log.info("augment: library index %s has no overlaps column (built by an older xrdid): every "
+                 "entry's intensities are trusted", library.folder)
+        return None
+    overlaps = library.index.set_index("id")["overlaps"]
+    return overlaps.loc[ids].to_numpy() > 0
 
 
 def _padded_reflections(patterns: PatternSet, max_peaks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

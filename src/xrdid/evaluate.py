@@ -408,6 +408,8 @@ def evaluate_stage(
                       **{name: s[len(val_pick):] for name, s in (scores.items() if classical else ())}}
             metrics.update(_material_tables(scored, test, patterns, library_dir, plots / "materials.csv"))
         _write_measured_plots(plots, grid, patterns, test, cnn, int(settings.get("n_match_plots", 0)))
+        _write_predictions(plots / "predictions.csv", patterns.ids, test,
+                           {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused})
 
     _write_topk_csv(plots / "topk.csv", metrics)
     plot_topk(metrics.get("measured") or metrics["validation"], plots / "topk.png",
@@ -465,6 +467,20 @@ def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
         for dataset in ("validation", "measured"):
             for method, table in (metrics.get(dataset) or {}).items():
                 writer.writerows([dataset, method, k, round(table[f"top{k}"], 6)] for k in TOP_K)
+
+
+def _write_predictions(path: Path, ids: list[str], test: MeasuredSet, scored: dict[str, np.ndarray]) -> None:
+    """One row per measured pattern: its label, each method's rank of it and the CNN's best three."""
+    rows = {"pattern": [Path(f).name for f in test.files], "source": test.sources,
+            "true": [ids[i] if i >= 0 else "" for i in test.y]}
+    for method, s in scored.items():
+        own = s[np.arange(len(s)), np.maximum(test.y, 0)]
+        rows[f"{method}_rank"] = np.where(test.y >= 0, (s > own[:, None]).sum(axis=1) + 1, -1)
+    cnn = scored["cnn"]
+    for k, column in enumerate(np.argsort(-cnn, axis=1, kind="stable")[:, :3].T, start=1):
+        rows[f"cnn_{k}"] = [ids[j] for j in column]
+        rows[f"cnn_{k}_p"] = np.round(cnn[np.arange(len(cnn)), column], 4)
+    pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def _write_measured_plots(

@@ -145,7 +145,8 @@ def grad_cam(
 
     Parameters
     ----------
-    model : an :class:`xrdid.models.XRDModel` (or any module with a Conv1d layer).
+    model : an :class:`xrdid.models.XRDModel` (or any module with a Conv1d layer); for an
+        :class:`~xrdid.models.Ensemble` the mean of its members' maps for the ensemble's class.
     X : raw spectra (n, n_points); each row is divided by its maximum as in training.
     target : class index for all rows, one per row, or None for each row's predicted class.
     batch_size : spectra per forward/backward pass.
@@ -172,6 +173,16 @@ def grad_cam(
         n_classes = getattr(model, "n_classes", None)
         if len(targets) and (targets.min() < 0 or (n_classes is not None and targets.max() >= n_classes)):
             raise ValueError(f"target class out of range 0..{n_classes}")
+    members = getattr(model, "members", None)
+    if isinstance(members, torch.nn.ModuleList):  # an ensemble: its members' maps for its class, averaged
+        if targets is None:
+            was_training = model.training
+            with torch.inference_mode():
+                targets = model.eval()(rows.to(next(model.parameters()).device)).argmax(1).cpu()
+            model.train(was_training)
+        mean = np.mean([grad_cam(m, rows, targets.numpy(), batch_size, method) for m in members], axis=0)
+        top = mean.max(axis=1, keepdims=True)
+        return (mean / np.where(top > 0, top, 1.0)).astype(np.float32)
     layer = cam_layer(model)
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))

@@ -11,7 +11,8 @@ Output folder layout::
 
     cif/<id>.cif        the CIFs, byte for byte
     index.csv           id, source, formula, reduced_formula, spacegroup, spacegroup_number,
-                        n_atoms, volume, density, refcode, sha256
+                        n_atoms, volume, density, refcode, sha256, elements, the Niggli cell
+                        (a, b, c, alpha, beta, gamma) and overlaps (atom pairs < 0.5 Å apart)
     rejects.csv         id, file, reason
     structures.npz      ids, lattice (n, 3, 3), offsets (n + 1), numbers, frac_coords, occupancies
 
@@ -54,7 +55,11 @@ INDEX_COLUMNS = [
     "id", "source", "formula", "reduced_formula", "spacegroup", "spacegroup_number",
     "n_atoms", "volume", "density", "refcode", "sha256",
     "elements", "a", "b", "c", "alpha", "beta", "gamma",  # element set and Niggli-reduced cell
+    "overlaps",  # atom pairs closer than OVERLAP_DISTANCE: simulated intensities unreliable
 ]
+# Closer than this no two fully occupied sites can be (pymatgen's Structure.is_valid default); split
+# sites of a disordered model (total occupancy < 1) may be, so only full sites count.
+OVERLAP_DISTANCE = 0.5
 # CSD refcodes: six capital letters, optionally two digits (RUBTAK01_SL -> RUBTAK).
 _REFCODE = re.compile(r"^([A-Z]{6})(\d{2})?(?:_|$)")
 _CELL = ("a", "b", "c", "alpha", "beta", "gamma")
@@ -237,10 +242,31 @@ def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, di
             "sha256": hashlib.sha256(data).hexdigest(),
             "elements": " ".join(sorted(element.symbol for element in structure.composition.elements)),
             **{name: round(float(value), 4) for name, value in zip(_CELL, (*cell.abc, *cell.angles))},
+            "overlaps": overlapping_pairs(structure),
         }
         return entry_id, data, row, crystal, ""
     except Exception as exc:  # one odd structure must not stop the stage
         return entry_id, data, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def overlapping_pairs(structure: Structure, distance: float = OVERLAP_DISTANCE) -> int:
+    """Number of pairs of fully occupied sites closer than ``distance`` (Å), periodic images included.
+
+    A structure with such pairs is not physical: typically a broken model (an asymmetric unit
+    written in P1 with its coordinates in the wrong units, as in the opXRD CIFs of RRUFF-304).
+    Its peak positions still follow the cell, but its simulated intensities do not.
+
+    Examples
+    --------
+    >>> from pymatgen.core import Lattice, Structure
+    >>> overlapping_pairs(Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]]))
+    1
+    """
+    full = np.array([site.species.num_atoms >= 0.99 for site in structure])
+    centres, neighbours, _, _ = structure.get_neighbor_list(distance)
+    both = full[centres] & full[neighbours]
+    # each pair is listed from both ends; a site's own image closer than 0.5 Å counts once
+    return int(np.sum(both & (centres < neighbours)) + np.sum(both & (centres == neighbours)) // 2)
 
 
 # --------------------------------------------------------------------------- sources
@@ -402,6 +428,11 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
     if not crystals:
         raise InputError(label, f"no usable CIF among {len(ids)} (see {out / 'rejects.csv'})")
     pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(out / "index.csv", index=False)
+    broken = [row["id"] for row in rows if row["overlaps"]]
+    if broken:  # kept (the peak positions are right); augment can stop trusting their intensities
+        log.warning("library: %d entries have atoms closer than %.1f Å (not physical; simulated intensities "
+                    "unreliable), e.g. %s; see the overlaps column of index.csv",
+                    len(broken), OVERLAP_DISTANCE, ", ".join(broken[:5]))
     np.savez(
         out / "structures.npz",
         ids=np.array([c.id for c in crystals]),

@@ -229,7 +229,8 @@ class Identifier:
 
         Entries of one material (see :func:`xrdid.library.material_groups`) are ranked as one
         candidate: its most probable entry's id, the group's summed probability, and the other
-        entries under ``aliases``.
+        entries under ``aliases``. A candidate whose structure has overlapping atoms (library
+        ``overlaps``) carries ``"unreliable_intensities": True``.
         """
         groups, members = self._materials()
         from scipy import sparse
@@ -248,6 +249,8 @@ class Identifier:
                              "probability": round(float(g[m]), 6)}
                 if len(entries) > 1:
                     candidate["aliases"] = [self.library[j]["id"] for j in entries if j != best]
+                if int(float(self.library[best].get("overlaps") or 0)):
+                    candidate["unreliable_intensities"] = True
                 candidates.append(candidate)
             ranked.append(candidates)
         return ranked
@@ -280,6 +283,11 @@ class Identifier:
             evidence = novelty_evidence(probs, np.asarray(X, np.float32), covered, profiles, self.grid, rule.smooth)
             for result, flagged, reasons in zip(results, rule.flagged(evidence), rule.reasons(evidence)):
                 result.update(in_library=not bool(flagged), warnings=list(reasons))
+        for result in results:
+            best = result["candidates"][0] if result["candidates"] else {}
+            if best.get("unreliable_intensities"):
+                result["warnings"].append(f"the CIF of {best['id']} has overlapping atoms: its simulated "
+                                          "intensities are unreliable, compare peak positions")
         if covered is not None:
             for result, fraction in zip(results, np.asarray(covered).mean(axis=1)):
                 if fraction < 0.5:

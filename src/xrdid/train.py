@@ -227,6 +227,11 @@ def _as_source(data: BatchSource | tuple[np.ndarray, np.ndarray]) -> BatchSource
 # --------------------------------------------------------------------------- config and history
 
 
+# Settings of the train section that the stage acts on, not the optimiser (TrainConfig ignores them):
+# fresh augmentations, several seeds, several seeds' models joined into one (write_ensemble).
+STAGE_SETTINGS = ("fresh", "seeds", "ensemble")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings (the ``train`` section of ``params.yaml``).
@@ -261,10 +266,10 @@ class TrainConfig:
     def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys raise ``ValueError`` (typos would pass silently)."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
+        unknown = sorted(set(params) - known - set(STAGE_SETTINGS))
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        values = dict(params)
+        values = {k: v for k, v in params.items() if k in known}
         for f in fields(cls):  # YAML reads "3e-4" as a string: coerce numbers
             if f.name in values and values[f.name] is not None and type(f.default) in (int, float):
                 try:
@@ -671,7 +676,6 @@ def train_stage(
     train_params = dict(params.get("train", {}))
     stored_fresh = bool(train_params.pop("fresh", False))
     fresh = stored_fresh if fresh is None else fresh
-    train_params.pop("seeds", None)
     if seed is not None:
         train_params["seed"] = seed
     config = TrainConfig.from_params(train_params)
@@ -704,6 +708,46 @@ def train_stage(
     return model, history
 
 
+def write_ensemble(member_dirs: list[Path], augmented_dir: str | Path, out_dir: str | Path) -> nn.Module:
+    """Join models trained by :func:`train_stage` into one :class:`~xrdid.models.Ensemble` in ``out_dir``.
+
+    Writes ``model.safetensors`` (the members' weights, the first member's ids and grid),
+    ``summary.json`` (validation Top-k of the ensemble; seconds and epochs summed over the
+    members) and ``history.json`` (each member's history under ``members``), the files the
+    ``register`` stage reads.
+
+    Examples
+    --------
+    >>> write_ensemble([Path("models/seed-0"), Path("models/seed-1")], "data/augmented", "models")  # doctest: +SKIP
+    """
+    from safetensors import safe_open
+
+    from xrdid.evaluate import load_split
+    from xrdid.models import count_parameters, ensemble, load_model, save_model
+
+    member_dirs = [Path(d) for d in member_dirs]
+    combined = ensemble([load_model(d / "model.safetensors") for d in member_dirs])
+    with safe_open(str(member_dirs[0] / "model.safetensors"), framework="pt") as f:
+        meta = {k: v for k, v in (f.metadata() or {}).items() if k in ("ids", "grid")}
+    summaries = [json.loads((d / "summary.json").read_text()) for d in member_dirs]
+    X_val, y_val = load_split(augmented_dir, "val")
+    val = topk_accuracy(predict_proba(combined, X_val), y_val)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(combined, out / "model.safetensors", meta)
+    summary = {
+        "model": combined.config, "parameters": count_parameters(combined), "train": summaries[0]["train"],
+        "fresh": summaries[0]["fresh"], "epochs": sum(m["epochs"] for m in summaries),
+        "best_epoch": max(m["best_epoch"] for m in summaries), "seconds": round(sum(m["seconds"] for m in summaries), 1),
+        "val_top": {f"top{k}": v for k, v in val.items()},
+        "members": [{"folder": str(d), "seed": m["train"]["seed"], "val_top": m["val_top"]} for d, m in zip(member_dirs, summaries)],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    histories = [json.loads((d / "history.json").read_text()) for d in member_dirs]
+    (out / "history.json").write_text(json.dumps({"members": histories}, indent=1) + "\n")
+    return combined
+
+
 def _fresh_source(params: Mapping[str, Any], patterns_dir: str | Path, noise_dir: str | Path,
                   library_dir: str | Path, n_per_epoch: int) -> GeneratorDataset:
     """Augmentations drawn anew every batch by the augment stage's generator."""
@@ -724,6 +768,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="models", help="output folder for the model")
     p.add_argument("--seeds", default=None,
                    help="e.g. 0-4: one model per seed under OUT/seed-N, reports mean ± std (default: train.seed)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="with --seeds: also join the seeds' models into one (OUT/model.safetensors, mean probability)")
     p.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=None,
                    help="draw fresh augmentations every epoch (default: train.fresh)")
     p.add_argument("--patterns", default="data/patterns", help="simulated patterns (for --fresh)")
@@ -740,13 +786,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     common = dict(fresh=args.fresh, patterns_dir=args.patterns, noise_dir=args.noise, library_dir=args.library,
                   progress=not args.no_progress)
+    settings = params.get("train") or {}
+    size = int(settings.get("ensemble") or 1)
     try:
-        if args.seeds is None:
+        if size < 1:
+            raise ValueError(f"train.ensemble must be a positive number of models, got {size}")
+        if args.seeds is None and size == 1:
             train_stage(params, args.augmented, args.out, **common)
             summary = json.loads(Path(args.out, "summary.json").read_text())
             print(f"{summary['model']['name']}: val " + "  ".join(f"{k} {v:.3f}" for k, v in summary["val_top"].items()))
             return 0
-        seeds = parse_seeds(args.seeds)
+        if args.seeds is None:  # train.ensemble: N seeds from train.seed on, joined into one model
+            first = int(settings.get("seed", 0))
+            seeds, join = list(range(first, first + size)), True
+        else:
+            seeds, join = parse_seeds(args.seeds), args.ensemble
     except ValueError as exc:
         raise InputError(args.params, str(exc)) from exc
     tops: dict[str, list[float]] = {}
@@ -758,4 +812,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report = {key: dict(zip(("mean", "std"), summarize(values))) for key, values in tops.items()}
     Path(args.out, "seeds.json").write_text(json.dumps({"seeds": seeds, "val_top": report}, indent=1) + "\n")
     print(f"{len(seeds)} seeds: val " + "  ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in report.items()))
+    if join:
+        write_ensemble([Path(args.out) / f"seed-{seed}" for seed in seeds], args.augmented, args.out)
+        summary = json.loads(Path(args.out, "summary.json").read_text())
+        print(f"ensemble of {len(seeds)} → {Path(args.out) / 'model.safetensors'}: val "
+              + "  ".join(f"{k} {v:.3f}" for k, v in summary["val_top"].items()))
     return 0

@@ -591,8 +591,7 @@ class Objective:
         self.space = dict(settings.space if space is None else space)
         self.lock = lock or _ClaimLock("sqlite:///:memory:", "local")
         self.out, self.use_mlflow, self.progress = Path(out), use_mlflow, progress
-        train = {k: v for k, v in dict(params.get("train") or {}).items() if k not in ("fresh", "seeds")}
-        self.train_base = train
+        self.train_base = dict(params.get("train") or {})  # TrainConfig ignores the stage settings
         model = dict(params.get("model") or {})
         self.model_base = dict(model.get("options") or {}) if model.get("name") == settings.model else {}
 
