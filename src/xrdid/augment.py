@@ -213,8 +213,9 @@ class Augmenter:
         self._sin = np.sin(np.radians(two_theta.astype(np.float64) / 2)).astype(np.float32)  # NaN = padding
         self._intensity = intensity
         # log-normal σ of the per-peak intensity factor, per entry
-        self._sigma = np.where(np.zeros(len(self.ids), bool) if unreliable is None else np.asarray(unreliable, bool),
-                               p["unreliable_intensity_sigma"], p["intensity_sigma"]).astype(np.float32)
+        self._sigma = np.full(len(self.ids), p["intensity_sigma"], dtype=np.float32)
+        if unreliable is not None:
+            self._sigma[np.asarray(unreliable, bool)] = p["unreliable_intensity_sigma"]
         self._lattice = lattices is not None
         if self._lattice:
             recip = np.linalg.inv(np.asarray(lattices, dtype=np.float64)).transpose(0, 2, 1)  # rows a*, b*, c*

@@ -403,13 +403,12 @@ def evaluate_stage(
             results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
+        ours = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused}
         if library_dir is not None:
-            scored = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused,
-                      **{name: s[len(val_pick):] for name, s in (scores.items() if classical else ())}}
+            scored = {**ours, **{name: s[len(val_pick):] for name, s in (scores.items() if classical else ())}}
             metrics.update(_material_tables(scored, test, patterns, library_dir, plots / "materials.csv"))
         _write_measured_plots(plots, grid, patterns, test, cnn, int(settings.get("n_match_plots", 0)))
-        _write_predictions(plots / "predictions.csv", patterns.ids, test,
-                           {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused})
+        _write_predictions(plots / "predictions.csv", patterns.ids, test, ours)
 
     _write_topk_csv(plots / "topk.csv", metrics)
     plot_topk(metrics.get("measured") or metrics["validation"], plots / "topk.png",
@@ -421,15 +420,13 @@ def evaluate_stage(
 def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns: PatternSet,
                      library_dir: str | Path, path: Path) -> dict[str, Any]:
     """Top-1..5 when entries of one material count as one answer (each material scores its best entry)."""
-    from xrdid.library import material_groups
+    from xrdid.library import material_groups, read_index
 
-    path_index = Path(library_dir) / "index.csv"
-    if not path_index.is_file():
-        raise InputError(path_index, "library index not found")
-    index = pd.read_csv(path_index, dtype={"id": str}, keep_default_na=False).set_index("id", drop=False)
+    index = read_index(library_dir).set_index("id", drop=False)
     missing = sorted(set(patterns.ids) - set(index.index))
     if missing:
-        raise InputError(path_index, f"{len(missing)} simulated patterns are not in this library (e.g. {missing[0]})")
+        raise InputError(Path(library_dir) / "index.csv",
+                         f"{len(missing)} simulated patterns are not in this library (e.g. {missing[0]})")
     index = index.loc[patterns.ids].reset_index(drop=True)
     materials = material_groups(index, patterns.profiles)
     names, group, counts = np.unique(materials, return_inverse=True, return_counts=True)
@@ -471,11 +468,14 @@ def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
 
 def _write_predictions(path: Path, ids: list[str], test: MeasuredSet, scored: dict[str, np.ndarray]) -> None:
     """One row per measured pattern: its label, each method's rank of it and the CNN's best three."""
+    from xrdid.train import true_rank
+
+    known = test.y >= 0
     rows = {"pattern": [Path(f).name for f in test.files], "source": test.sources,
             "true": [ids[i] if i >= 0 else "" for i in test.y]}
     for method, s in scored.items():
-        own = s[np.arange(len(s)), np.maximum(test.y, 0)]
-        rows[f"{method}_rank"] = np.where(test.y >= 0, (s > own[:, None]).sum(axis=1) + 1, -1)
+        rows[f"{method}_rank"] = np.full(len(s), -1)
+        rows[f"{method}_rank"][known] = true_rank(s[known], test.y[known])
     cnn = scored["cnn"]
     for k, column in enumerate(np.argsort(-cnn, axis=1, kind="stable")[:, :3].T, start=1):
         rows[f"cnn_{k}"] = [ids[j] for j in column]

@@ -690,10 +690,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _model_ids(path: str | Path, n_classes: int, fallback: list[str]) -> list[str]:
     """Class ids stored with a trained model (``ids`` metadata), else the library order."""
-    from safetensors import safe_open
+    from xrdid.models import read_metadata
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     ids = json.loads(meta["ids"]) if "ids" in meta else fallback
     if len(ids) != n_classes:
         raise InputError(path, f"model has {n_classes} classes but {len(ids)} library ids")

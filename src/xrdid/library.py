@@ -356,10 +356,9 @@ class Library:
         folder = Path(folder)
         try:
             store = np.load(folder / "structures.npz")
-            index = pd.read_csv(folder / "index.csv", dtype={"id": str, "refcode": str}, keep_default_na=False)
         except (OSError, ValueError) as exc:
             raise InputError(folder, f"not a library folder ({exc})") from exc
-        return cls(folder, index, [str(i) for i in store["ids"]],
+        return cls(folder, read_index(folder), [str(i) for i in store["ids"]],
                    **{k: store[k] for k in ("lattice", "offsets", "numbers", "frac_coords", "occupancies")})
 
     def __len__(self) -> int:
@@ -368,6 +367,17 @@ class Library:
     def crystal(self, i: int) -> Crystal:
         sl = slice(self.offsets[i], self.offsets[i + 1])
         return Crystal(self.ids[i], self.lattice[i], self.numbers[sl], self.frac_coords[sl], self.occupancies[sl])
+
+
+def read_index(folder: str | Path) -> pd.DataFrame:
+    """The ``index.csv`` of a library folder (ids and refcodes as text); InputError when unreadable."""
+    path = Path(folder) / "index.csv"
+    if not path.is_file():
+        raise InputError(path, "library index not found")
+    try:
+        return pd.read_csv(path, dtype={"id": str, "refcode": str}, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"library index not readable ({exc})") from exc
 
 
 def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = True) -> Library:

@@ -48,6 +48,7 @@ __all__ = [
     "count_parameters",
     "ensemble",
     "load_model",
+    "read_metadata",
     "save_model",
 ]
 
@@ -760,13 +761,19 @@ def save_model(model: XRDModel, path: str | Path, metadata: Mapping[str, str] | 
     save_file(state, str(path), metadata=meta)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> XRDModel:
-    """Rebuild a model written by :func:`save_model` and load its weights (eval mode)."""
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of a safetensors model file (``xrdid_model``, ``ids``, ``grid``, ...)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+        return dict(f.metadata() or {})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> XRDModel:
+    """Rebuild a model written by :func:`save_model` and load its weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
     if "xrdid_model" not in meta:
         raise ValueError(f"{path}: no xrdid model config in the safetensors metadata")
     model = build_model(**json.loads(meta["xrdid_model"]))

@@ -133,12 +133,11 @@ class Identifier:
 
         The library rows are put in the model's class order (the ``ids`` in the model's metadata).
         """
-        from safetensors import safe_open
+        from xrdid.models import read_metadata
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        with safe_open(str(model_path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(model_path)
         ids = json.loads(meta["ids"])
         grid = json.loads(meta["grid"])
         index_path = Path(library_dir) / "index.csv"

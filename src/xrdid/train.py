@@ -590,18 +590,31 @@ def topk_accuracy(
     >>> topk_accuracy(s, [2, 0, 0], k=1)   # row 3: class 0 ties with class 1 -> miss
     {1: 0.3333333333333333}
     """
-    scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
-    y = np.asarray(y, dtype=np.int64)
     ks = [k] if isinstance(k, int) else list(k)
-    check_labels(scores, y)
     if any(kk < 1 for kk in ks):
         raise ValueError("k must be >= 1")
-    rank = np.empty(len(y), dtype=np.int64)  # number of other classes scoring >= the true one
+    rank = true_rank(scores, y)
+    return {kk: float(np.mean(rank <= kk)) for kk in ks}
+
+
+def true_rank(scores: np.ndarray | torch.Tensor, y: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Rank (1 = best) of each row's true class: 1 + the other classes scoring at least as high.
+
+    Ties count against the true class, as in :func:`topk_accuracy`.
+
+    Examples
+    --------
+    >>> true_rank(np.array([[0.1, 0.7, 0.2], [0.4, 0.4, 0.2]]), [2, 0]).tolist()
+    [2, 2]
+    """
+    scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    y = np.asarray(y, dtype=np.int64)
+    check_labels(scores, y)
+    rank = np.empty(len(y), dtype=np.int64)
     for start in range(0, len(y), 4096):  # chunks bound the (rows, classes) comparison
         s, t = scores[start : start + 4096], y[start : start + 4096]
-        true = s[np.arange(len(t)), t][:, None]
-        rank[start : start + len(t)] = (s >= true).sum(axis=1) - 1
-    return {kk: float(np.mean(rank < kk)) for kk in ks}
+        rank[start : start + len(t)] = (s >= s[np.arange(len(t)), t][:, None]).sum(axis=1)
+    return rank
 
 
 # --------------------------------------------------------------------------- multi-seed helpers
@@ -720,15 +733,12 @@ def write_ensemble(member_dirs: list[Path], augmented_dir: str | Path, out_dir: 
     --------
     >>> write_ensemble([Path("models/seed-0"), Path("models/seed-1")], "data/augmented", "models")  # doctest: +SKIP
     """
-    from safetensors import safe_open
-
     from xrdid.evaluate import load_split
-    from xrdid.models import count_parameters, ensemble, load_model, save_model
+    from xrdid.models import count_parameters, ensemble, load_model, read_metadata, save_model
 
     member_dirs = [Path(d) for d in member_dirs]
     combined = ensemble([load_model(d / "model.safetensors") for d in member_dirs])
-    with safe_open(str(member_dirs[0] / "model.safetensors"), framework="pt") as f:
-        meta = {k: v for k, v in (f.metadata() or {}).items() if k in ("ids", "grid")}
+    meta = {k: v for k, v in read_metadata(member_dirs[0] / "model.safetensors").items() if k in ("ids", "grid")}
     summaries = [json.loads((d / "summary.json").read_text()) for d in member_dirs]
     X_val, y_val = load_split(augmented_dir, "val")
     val = topk_accuracy(predict_proba(combined, X_val), y_val)
