@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdid.augment import Augmenter, write_augmented
+from xrdid.data.augment import Augmenter, write_augmented
 from xrdid.config import Grid
-from xrdid.diffraction import PatternSet
-from xrdid.library import Library
-from xrdid.profiles import caglioti_fwhm, render
+from xrdid.data.patterns import PatternSet
+from xrdid.data.library import Library
+from xrdid.xrd.profiles import caglioti_fwhm, render
 
 LAMBDA = 1.54184
 

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from xrdid.cli import main as xrdid
-from xrdid.train import parse_seeds
+from xrdid.learn.train import parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRDID_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -34,21 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrdid.calibration import (
-    REASONS,
-    NoveltyRule,
-    expected_calibration_error,
-    fit_temperature,
-    novelty_evidence,
-    predict_logits,
-    reliability_plot,
-    softmax,
-)
+from xrdid.learn.calibration import REASONS, NoveltyRule, expected_calibration_error, fit_temperature, novelty_evidence, reliability_plot, softmax
+from xrdid.learn.inference import predict_logits
 from xrdid.config import load_params
-from xrdid.diffraction import PatternSet
-from xrdid.evaluate import MeasuredSet, load_split, preprocess
-from xrdid.models import build_model, load_model, save_model
-from xrdid.train import ArrayDataset, TrainConfig, fit, seed_everything, topk_accuracy
+from xrdid.data.patterns import PatternSet
+from xrdid.data.measured_set import MeasuredSet
+from xrdid.data.splits import load_split
+from xrdid.xrd.preprocess import preprocess
+from xrdid.learn.models import build_model, load_model, save_model
+from xrdid.learn.datasets import ArrayDataset
+from xrdid.learn.train import TrainConfig, fit, seed_everything
+from xrdid.learn.metrics import topk_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrdid.calibration import NoveltyRule
+from xrdid.learn.calibration import NoveltyRule
 from xrdid.config import Grid
-from xrdid.models import build_model
-from xrdid.predict import Identifier, expand_inputs
+from xrdid.learn.models import build_model
+from xrdid.identify.identifier import Identifier, expand_inputs
 
 
 def main() -> None:

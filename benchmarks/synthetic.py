@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from xrdid.synthetic import SPLITS, SyntheticConfig, generate
+from xrdid.data.synthetic import SPLITS, SyntheticConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRDID_SHARED_DATA", REPO.parent / "shared" / "data"))

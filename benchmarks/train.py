@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xrdid.models import MODELS, _flops_hint, build_model, count_parameters
-from xrdid.train import normalize_rows
+from xrdid.learn.models import MODELS, _flops_hint, build_model, count_parameters
+from xrdid.learn.inference import normalize_rows
 
 
 def _sync(device: torch.device) -> None:

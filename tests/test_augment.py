@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from xrdid.augment import Augmenter, load_noise_bank, write_augmented
 from xrdid.cli import main
 from xrdid.config import Grid
-from xrdid.diffraction import PatternSet, SimulationSettings, simulate_library
+from xrdid.data.augment import Augmenter, load_noise_bank, write_augmented
+from xrdid.data.library import Library, build_library
+from xrdid.data.patterns import PatternSet, simulate_library
 from xrdid.errors import InputError
-from xrdid.library import Library, build_library
+from xrdid.xrd.diffraction import SimulationSettings
 
 DATA = Path(__file__).parent / "data"
 GRID = Grid(10.0, 80.0, 3501)  # 0.02° step
@@ -245,7 +246,7 @@ def test_rruff_measurements_match_their_own_augmented_spectra(shared_data: Path,
 
     from scipy import ndimage
 
-    from xrdid.measured import Pattern
+    from xrdid.xrd.measured import Pattern
 
     folder = shared_data / "rruff304"
     rows = [r for r in csv.DictReader(open(folder / "labels.csv")) if r["source"] == "RRUFF"][::10][:12]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from xrdid import cli
-from xrdid.bench import _subset, format_table, run_benchmark, summarize_rows
+from xrdid.data.synthetic import DATASET500_PROCEDURE, SyntheticConfig, make_config
 from xrdid.errors import InputError
-from xrdid.synthetic import DATASET500_PROCEDURE, SyntheticConfig, make_config
+from xrdid.ops.bench import _subset, format_table, run_benchmark, summarize_rows
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

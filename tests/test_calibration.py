@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from xrdid.calibration import (
+from xrdid.config import Grid
+from xrdid.learn.baselines import search_match
+from xrdid.learn.calibration import (
     REASONS,
     Evidence,
     NoveltyRule,
@@ -18,12 +20,10 @@ from xrdid.calibration import (
     fit_temperature,
     novelty_evidence,
     peak_fraction,
-    predict_logits,
     reliability_plot,
     softmax,
 )
-from xrdid.config import Grid
-from xrdid.evaluate import search_match
+from xrdid.learn.inference import predict_logits
 
 GRID = Grid(5.0, 50.0, 901)
 
@@ -90,8 +90,8 @@ def test_softmax_and_input_checks() -> None:
 
 
 def test_predict_logits_match_predict_proba(torch_one_thread: None) -> None:
-    from xrdid.models import build_model
-    from xrdid.train import predict_proba
+    from xrdid.learn.inference import predict_proba
+    from xrdid.learn.models import build_model
 
     model = build_model("xrdnet", 256, 4)
     X = np.random.default_rng(0).random((5, 256)) * 300  # raw counts: both normalise the rows
@@ -200,7 +200,7 @@ def test_rule_flags_the_real_blank_holders(shared_data: Path) -> None:
     The signal threshold is fitted, with the same 1 % rate as on validation spectra, on measured
     crystalline patterns; the blanks were never part of the fit.
     """
-    from xrdid.evaluate import preprocess
+    from xrdid.xrd.preprocess import preprocess
 
     grid = Grid(5.0, 70.0, 1626)  # the RRUFF profile's grid
     crystalline = sorted((shared_data / "rruff304" / "patterns").glob("*.xy"))[::4]

@@ -55,6 +55,6 @@ def test_missing_file_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_console_script_runs() -> None:
-    out = subprocess.run([sys.executable, "-m", "xrdid.cli", "pattern", str(DATA / "nacl.cif")],
+    out = subprocess.run([sys.executable, "-m", "xrdid", "pattern", str(DATA / "nacl.cif")],
                          capture_output=True, text=True, check=True).stdout
     assert "reflections" in out and "(2, 0, 0)" in out

@@ -10,8 +10,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from xrdid.cli import main
-from xrdid.denoise import fft_denoise, noise_level
-from xrdid.measured import Pattern
+from xrdid.xrd.denoise import fft_denoise, noise_level
+from xrdid.xrd.measured import Pattern
 
 N = 4801
 X = np.linspace(2.0, 50.0, N)

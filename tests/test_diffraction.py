@@ -12,9 +12,11 @@ from numpy.testing import assert_allclose
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
 from xrdid.config import Grid
-from xrdid.diffraction import PatternSet, SimulationSettings, reflections, simulate_one
-from xrdid.measured import wavelength_angstrom
-from xrdid.library import Crystal, _parse_cif, core_mof_ids, iter_core_mof
+from xrdid.data.library import _parse_cif, core_mof_ids, iter_core_mof
+from xrdid.data.patterns import PatternSet
+from xrdid.xrd.crystal import Crystal
+from xrdid.xrd.diffraction import SimulationSettings, reflections, simulate_one
+from xrdid.xrd.measured import wavelength_angstrom
 
 DATA = Path(__file__).parent / "data"
 
@@ -122,8 +124,8 @@ def test_doublet_adds_kalpha2_shoulder() -> None:
 
 
 def test_simulate_stage_writes_pattern_set(tmp_path: Path) -> None:
-    from xrdid.diffraction import simulate_library
-    from xrdid.library import build_library
+    from xrdid.data.library import build_library
+    from xrdid.data.patterns import simulate_library
 
     cif_dir = tmp_path / "cifs"
     cif_dir.mkdir()
@@ -149,7 +151,7 @@ def test_simulate_stage_writes_pattern_set(tmp_path: Path) -> None:
 
 def test_gemm_in_small_chunks_agrees(core_mof_sample: list[Crystal], monkeypatch) -> None:
     # Many small (lines × atoms) tables, each padded to its own longest line, give the same peaks.
-    import xrdid.diffraction as diffraction
+    import xrdid.xrd.diffraction as diffraction
 
     monkeypatch.setattr(diffraction, "_GEMM_CHUNK", 1 << 12)
     for crystal in core_mof_sample[:3]:
@@ -175,7 +177,7 @@ def test_blas_threads_restored() -> None:
 def test_is_hexagonal_matches_pymatgen() -> None:
     from pymatgen.core import Lattice
 
-    from xrdid.diffraction import _is_hexagonal
+    from xrdid.xrd.diffraction import _is_hexagonal
 
     rng = np.random.default_rng(0)
     lattices = [Lattice.hexagonal(3.0, 5.0).matrix, Lattice.cubic(4.0).matrix, np.diag([3.0, 3.005, 5.0])]

@@ -9,8 +9,11 @@ import pytest
 from numpy.testing import assert_allclose
 
 from xrdid.config import Grid
+from xrdid.data.measured_set import MeasuredSet
 from xrdid.errors import InputError
-from xrdid.evaluate import MeasuredSet, classical_scores, pool_features, preprocess, search_match, topk_table
+from xrdid.learn.baselines import classical_scores, pool_features, search_match
+from xrdid.learn.metrics import topk_table
+from xrdid.xrd.preprocess import preprocess
 
 GRID = Grid(10.0, 40.0, 601)
 
@@ -98,7 +101,7 @@ def test_unreadable_patterns_are_reported_and_skipped(tmp_path: Path) -> None:
 def test_material_tables_need_the_matching_library(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from xrdid.evaluate import _material_tables
+    from xrdid.stages.evaluate import _material_tables
 
     patterns = SimpleNamespace(ids=["a", "b"], profiles=np.eye(2))
     test = MeasuredSet(["x.xy"], np.zeros((1, 2), np.float32), np.ones((1, 2), bool), np.array([1]), ["S"])

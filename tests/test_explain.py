@@ -15,8 +15,8 @@ from numpy.testing import assert_allclose
 from torch import nn
 
 from xrdid.config import Grid
-from xrdid.diffraction import PatternSet
-from xrdid.explain import (
+from xrdid.data.patterns import PatternSet
+from xrdid.identify.explain import (
     cam_layer,
     features,
     format_hkl,
@@ -26,8 +26,9 @@ from xrdid.explain import (
     nca_plot,
     plot_explanation,
 )
-from xrdid.models import MODELS, build_model, ensemble, save_model
-from xrdid.train import fit, normalize_rows, seed_everything
+from xrdid.learn.inference import normalize_rows
+from xrdid.learn.models import MODELS, build_model, ensemble, save_model
+from xrdid.learn.train import fit, seed_everything
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,9 +10,16 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
+from xrdid.data.library import (
+    Library,
+    build_library,
+    core_mof_ids,
+    material_groups,
+    overlapping_pairs,
+    read_rejects,
+)
 from xrdid.errors import InputError
-from xrdid.library import (Crystal, Library, build_library, core_mof_ids, material_groups, overlapping_pairs,
-                           read_rejects)
+from xrdid.xrd.crystal import Crystal
 
 DATA = Path(__file__).parent / "data"
 NACL = (DATA / "nacl.cif").read_text()

@@ -12,7 +12,7 @@ from numpy.testing import assert_allclose
 from xrdid.cli import main
 from xrdid.config import Grid
 from xrdid.errors import InputError
-from xrdid.measured import Pattern, wavelength_angstrom
+from xrdid.xrd.measured import Pattern, wavelength_angstrom
 
 DATA = Path(__file__).parent / "data" / "measured"
 CO_KA1, CU_KA1, CU_KA = 1.78896, 1.54056, 1.54184

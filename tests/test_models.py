@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from xrdid.models import (
+from xrdid.learn.models import (
     MODELS,
     SameConv1d,
     _UnfoldStem,

@@ -14,8 +14,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from xrdid.cli import main
 from xrdid.config import Grid
 from xrdid.errors import InputError
-from xrdid.measured import Pattern
-from xrdid.noise import NoiseBank, build_noise_bank, separate
+from xrdid.xrd.measured import Pattern
+from xrdid.xrd.noise import NoiseBank, build_noise_bank, separate
 
 GRID = Grid(2.0, 50.0, 4801)
 SUBSET = [  # (subfolder, glob) from ../shared/data/noise: three frameworks, a blank, a background scan

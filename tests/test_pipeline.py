@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _pipeline import run_pipeline, tiny_params
 
 
@@ -28,8 +27,8 @@ def test_embedded_default_pipeline(tmp_path: Path) -> None:
 
 
 def test_ensemble_is_trained_registered_and_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xrdid.models import Ensemble, load_model
-    from xrdid.predict import Identifier
+    from xrdid.learn.models import Ensemble, load_model
+    from xrdid.ops.registry import load_identifier
 
     metrics = run_pipeline(tmp_path, tiny_params(tmp_path, train={"ensemble": 2, "seed": 3}), register=True)
     model = load_model(tmp_path / "models" / "model.safetensors")
@@ -40,7 +39,7 @@ def test_ensemble_is_trained_registered_and_served(tmp_path: Path, monkeypatch: 
     assert (tmp_path / "models" / "seed-4" / "model.safetensors").is_file()  # each member stays beside it
     registered = json.loads((tmp_path / "registered.json").read_text())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    identifier = Identifier.from_uri(f"models:/{registered['name']}/{registered['version']}")
+    identifier = load_identifier(f"models:/{registered['name']}/{registered['version']}")
     assert isinstance(identifier.model, Ensemble)
     ranked = identifier.rank(np.ones((1, identifier.grid.n_points), np.float32), top=3)[0]
     assert len(ranked) == 3 and sum(c["probability"] for c in ranked) <= 1 + 1e-6

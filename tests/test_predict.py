@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from xrdid.cli import main
-from xrdid.predict import Identifier, expand_inputs
+from xrdid.identify.identifier import expand_inputs
+from xrdid.ops.registry import load_identifier
 
 CHAMPION = "models:/xrdid-default@champion"
 
@@ -30,7 +31,7 @@ def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def _measurement(folder: Path, store: dict, entry: int = 0) -> Path:
     """A two-column scan: entry ``entry``'s simulated profile with counts and a background."""
-    from xrdid.diffraction import PatternSet
+    from xrdid.data.patterns import PatternSet
 
     patterns = PatternSet.load(store["dir"] / "patterns")
     rng = np.random.default_rng(entry)
@@ -121,7 +122,7 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
 
 def test_served_champion_answers_rest(store: dict, tmp_path: Path, shared_data: Path) -> None:
     """`mlflow models serve` on the champion: a real RRUFF pattern in, ranked ids out; bad payloads → 4xx."""
-    identifier = Identifier.from_uri(CHAMPION)
+    identifier = load_identifier(CHAMPION)
     real = sorted((shared_data / "rruff304" / "patterns").glob("*.xy"))[0]
     row, _ = identifier.prepare(real)
     port = _free_port()
@@ -178,9 +179,9 @@ def test_report_and_explanations(store: dict, tmp_path: Path, capsys: pytest.Cap
 def test_a_candidate_with_overlapping_atoms_is_flagged(store: dict) -> None:
     import dataclasses
 
-    from xrdid.diffraction import PatternSet
+    from xrdid.data.patterns import PatternSet
 
-    identifier = Identifier.from_uri(CHAMPION)
+    identifier = load_identifier(CHAMPION)
     patterns = PatternSet.load(store["dir"] / "patterns")
     row = np.asarray(patterns.profiles[patterns.rows([identifier.ids[0]])], dtype=np.float32)
     best = identifier.identify(row)[0]["candidates"][0]

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from xrdid.config import Grid
-from xrdid.profiles import caglioti_fwhm, render
+from xrdid.xrd.profiles import caglioti_fwhm, render
 
 GRID = Grid(10.0, 30.0, 2001)
 

@@ -11,8 +11,9 @@ from mlflow import MlflowClient
 from numpy.testing import assert_allclose
 
 from xrdid.cli import main
-from xrdid import tracking
-from xrdid.tracking import champion, configure, dvc_hashes, flatten, register
+from xrdid.ops import registry
+from xrdid.ops.registry import champion, register
+from xrdid.ops.tracking import configure, dvc_hashes, flatten
 
 
 def test_configure_keeps_artifacts_beside_the_database(tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_test_set_counts_library_entries_not_index_columns(tmp_path: Path) -> No
 
     def key(index: str) -> str:
         (tmp_path / "index.csv").write_text(index)
-        return tracking.test_set_of({}, metrics, tmp_path, tmp_path)[0]
+        return registry.test_set_of({}, metrics, tmp_path, tmp_path)[0]
 
     before = key("id,sha256\na,1\nb,2\n")
     assert key("id,formula,sha256,a\na,X,1,3.0\nb,Y,2,4.0\n") == before  # a column added to the index

@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from xrdid.models import build_model
-from xrdid.train import (
-    ArrayDataset,
-    GeneratorDataset,
-    History,
-    TrainConfig,
-    fit,
-    normalize_rows,
-    parse_seeds,
-    predict_proba,
-    summarize,
-    topk_accuracy,
-)
+from xrdid.learn.datasets import ArrayDataset, GeneratorDataset
+from xrdid.learn.inference import normalize_rows, predict_proba
+from xrdid.learn.metrics import summarize, topk_accuracy
+from xrdid.learn.models import build_model
+from xrdid.learn.train import History, TrainConfig, fit, parse_seeds
 
 N_POINTS = 256
 CENTERS = np.array([[40, 120], [60, 200], [100, 170], [150, 230]])  # 4 classes, 2 peaks each

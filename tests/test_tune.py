@@ -19,8 +19,8 @@ optuna = pytest.importorskip("optuna")
 
 from optuna.trial import TrialState  # noqa: E402
 
-from xrdid.augment import split_sizes  # noqa: E402
-from xrdid.tune import (  # noqa: E402
+from xrdid.data.splits import split_sizes  # noqa: E402
+from xrdid.ops.tune import (  # noqa: E402
     TuneSettings,
     make_pruner,
     ratio_rows,
@@ -67,12 +67,12 @@ def _params(tmp_path: Path, **tune: object) -> dict:
 
 
 def _cli(tmp_path: Path, params: dict, *args: str) -> subprocess.Popen:
-    """``python -m xrdid.tune`` (= ``xrdid tune``, faster start) in a subprocess: one torch thread, no MLflow."""
+    """``python -m xrdid tune`` (lazy CLI: only the tune modules load) in a subprocess: one torch thread, no MLflow."""
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("OPTUNA_STORAGE", None)
-    cmd = [sys.executable, "-m", "xrdid.tune", "--params", str(path), "--augmented", str(tmp_path / "aug"),
+    cmd = [sys.executable, "-m", "xrdid", "tune", "--params", str(path), "--augmented", str(tmp_path / "aug"),
            "--threads", "1", "--no-mlflow", "--no-plots", "--no-progress", *args]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -136,8 +136,8 @@ def test_study_logs_mlflow_runs_plots_and_best_model(tmp_path: Path, torch_one_t
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from xrdid import tracking
-    from xrdid.models import load_model
+    from xrdid.learn.models import load_model
+    from xrdid.ops import registry
 
     _augmented(tmp_path / "aug")
     params = _params(tmp_path)
@@ -152,9 +152,9 @@ def test_study_logs_mlflow_runs_plots_and_best_model(tmp_path: Path, torch_one_t
         calls.update(uri=model_uri, name=name, test_set=test_set, scores=scores)
         return type("Version", (), {"version": "1"})(), True
 
-    monkeypatch.setattr(tracking, "log_identifier", log_identifier)
-    monkeypatch.setattr(tracking, "register", register)
-    monkeypatch.setattr(tracking, "test_set_of", lambda p, m, lib, aug: ("validation:test", m["validation"]["cnn"]))
+    monkeypatch.setattr(registry, "log_identifier", log_identifier)
+    monkeypatch.setattr(registry, "register", register)
+    monkeypatch.setattr(registry, "test_set_of", lambda p, m, lib, aug: ("validation:test", m["validation"]["cnn"]))
     (tmp_path / "library").mkdir()
     (tmp_path / "library" / "index.csv").write_text("id\n")
     monkeypatch.chdir(tmp_path)

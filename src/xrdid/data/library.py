@@ -1,0 +1,458 @@
+"""The CIF library: the ``library`` stage and the compact crystal store.
+
+Sources are the CoRE MOF datasets shipped by the ``core-mof`` package (read in
+one streaming pass over its ``.tar.xz``) or any folder of CIFs. Each CIF is
+parsed once, in parallel, into a :class:`Crystal` (lattice, atomic numbers,
+fractional coordinates, occupancies); later stages read ``structures.npz``
+and never parse a CIF again. A CIF that cannot be used is recorded in
+``rejects.csv`` with its reason while the rest go on.
+
+Output folder layout::
+
+    cif/<id>.cif        the CIFs, byte for byte
+    index.csv           id, source, formula, reduced_formula, spacegroup, spacegroup_number,
+                        n_atoms, volume, density, refcode, sha256, elements, the Niggli cell
+                        (a, b, c, alpha, beta, gamma) and overlaps (atom pairs < 0.5 Å apart)
+    rejects.csv         id, file, reason
+    structures.npz      ids, lattice (n, 3, 3), offsets (n + 1), numbers, frac_coords, occupancies
+
+Examples
+--------
+>>> lib = Library.load("data/library")  # doctest: +SKIP
+>>> lib.crystal(0).formula  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from multiprocessing import Pool
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from xrdid.errors import InputError
+from xrdid.xrd.crystal import _CELL, Crystal, _parse_cif
+
+if TYPE_CHECKING:
+
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = [
+    "id", "source", "formula", "reduced_formula", "spacegroup", "spacegroup_number",
+    "n_atoms", "volume", "density", "refcode", "sha256",
+    "elements", "a", "b", "c", "alpha", "beta", "gamma",  # element set and Niggli-reduced cell
+    "overlaps",  # atom pairs closer than OVERLAP_DISTANCE: simulated intensities unreliable
+]
+# Closer than this no two fully occupied sites can be (pymatgen's Structure.is_valid default); split
+# sites of a disordered model (total occupancy < 1) may be, so only full sites count.
+OVERLAP_DISTANCE = 0.5
+# CSD refcodes: six capital letters, optionally two digits (RUBTAK01_SL -> RUBTAK).
+_REFCODE = re.compile(r"^([A-Z]{6})(\d{2})?(?:_|$)")
+
+
+@dataclass(frozen=True)
+class LibraryFilters:
+    """Which parsed structures to keep (the filter keys of the ``library`` params section)."""
+
+    max_atoms: int | None = None
+    elements_allowed: frozenset[str] = frozenset()
+    elements_required: frozenset[str] = frozenset()
+    partial_occupancy: str = "keep"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> LibraryFilters:
+        policy = str(params.get("partial_occupancy", "keep"))
+        if policy not in ("keep", "reject"):
+            raise ValueError(f"partial_occupancy must be keep or reject, not {policy!r}")
+        return cls(
+            max_atoms=params.get("max_atoms"),
+            elements_allowed=frozenset(params.get("elements_allowed") or ()),
+            elements_required=frozenset(params.get("elements_required") or ()),
+            partial_occupancy=policy,
+        )
+
+    def problem(self, structure: Structure) -> str:
+        """Why ``structure`` is filtered out, or '' to keep it."""
+        from pymatgen.core import DummySpecies
+
+        if any(isinstance(sp, DummySpecies) for site in structure for sp in site.species):
+            return "dummy species (no element) in the structure"
+        if self.max_atoms and len(structure) > self.max_atoms:
+            return f"cell of {len(structure)} atoms is over max_atoms={self.max_atoms} (memory budget)"
+        if self.partial_occupancy == "reject" and not structure.is_ordered:
+            n = sum(1 for site in structure if not site.is_ordered)
+            return f"partial occupancy not supported ({n} disordered sites)"
+        elements = {el.symbol for el in structure.composition.elements}
+        if self.elements_allowed and not elements <= self.elements_allowed:
+            return f"elements {sorted(elements - self.elements_allowed)} not in elements_allowed"
+        if self.elements_required and not self.elements_required <= elements:
+            return f"missing required elements {sorted(self.elements_required - elements)}"
+        return ""
+
+
+def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]:
+    """Worker: parse and describe one CIF; never raises."""
+    entry_id, data, filters = job
+    structure, problem = _parse_cif(data)
+    if structure is None:
+        return entry_id, data, None, None, problem
+    try:
+        problem = filters.problem(structure)
+        if problem:
+            return entry_id, data, None, None, problem
+        crystal = Crystal.from_structure(entry_id, structure)
+        try:
+            symbol, number = structure.get_space_group_info(symprec=0.1)
+        except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
+            symbol, number = "", 0
+        match = _REFCODE.match(entry_id)
+        cell = structure.lattice.get_niggli_reduced_lattice()
+        row = {
+            "id": entry_id,
+            "formula": structure.composition.formula.replace(" ", ""),
+            "reduced_formula": structure.composition.reduced_formula,
+            "spacegroup": symbol,
+            "spacegroup_number": number,
+            "n_atoms": len(structure),
+            "volume": round(structure.volume, 4),
+            "density": round(float(structure.density), 5),
+            "refcode": match.group(1) if match else "",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "elements": " ".join(sorted(element.symbol for element in structure.composition.elements)),
+            **{name: round(float(value), 4) for name, value in zip(_CELL, (*cell.abc, *cell.angles))},
+            "overlaps": overlapping_pairs(structure),
+        }
+        return entry_id, data, row, crystal, ""
+    except Exception as exc:  # one odd structure must not stop the stage
+        return entry_id, data, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def overlapping_pairs(structure: Structure, distance: float = OVERLAP_DISTANCE) -> int:
+    """Number of pairs of fully occupied sites closer than ``distance`` (Å), periodic images included.
+
+    A structure with such pairs is not physical: typically a broken model (an asymmetric unit
+    written in P1 with its coordinates in the wrong units, as in the opXRD CIFs of RRUFF-304).
+    Its peak positions still follow the cell, but its simulated intensities do not.
+
+    Examples
+    --------
+    >>> from pymatgen.core import Lattice, Structure
+    >>> overlapping_pairs(Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]]))
+    1
+    """
+    full = np.array([site.species.num_atoms >= 0.99 for site in structure])
+    centres, neighbours, _, _ = structure.get_neighbor_list(distance)
+    both = full[centres] & full[neighbours]
+    # each pair is listed from both ends; a site's own image closer than 0.5 Å counts once
+    return int(np.sum(both & (centres < neighbours)) + np.sum(both & (centres == neighbours)) // 2)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def core_mof_archive(dataset: str) -> Path:
+    """Path of the ``.tar.xz`` that the ``core-mof`` package ships for ``dataset``."""
+    import CoRE_MOF
+
+    if dataset not in CoRE_MOF.list_datasets():
+        raise ValueError(f"unknown core-mof dataset {dataset!r}; choose one of {CoRE_MOF.list_datasets()}")
+    return Path(str(resources.files(CoRE_MOF.data) / f"{dataset}.tar.xz"))
+
+
+def core_mof_ids(dataset: str) -> list[str]:
+    """Ids (CIF stems) of a core-mof dataset, from the table the package ships beside the archive."""
+    import CoRE_MOF
+
+    core_mof_archive(dataset)  # validates the name
+    return list(CoRE_MOF.list_structures(dataset))
+
+
+def _is_cif(member: tarfile.TarInfo) -> bool:
+    name = member.name.rsplit("/", 1)[-1]
+    return member.isfile() and member.size > 0 and name.endswith(".cif") and not name.startswith(".")
+
+
+def _stem(name: str) -> str:
+    return name.rsplit("/", 1)[-1][: -len(".cif")]
+
+
+def _select(ids: list[str], select: Any, seed: int) -> list[str]:
+    """Apply ``select``: 'all', an int N (seeded sample, kept in source order) or a list of ids."""
+    if select in (None, "all"):
+        return ids
+    if isinstance(select, int):
+        if select <= 0:
+            raise ValueError("select must be positive")
+        if select >= len(ids):
+            return ids
+        chosen = np.random.default_rng(seed).choice(len(ids), size=select, replace=False)
+        return [ids[i] for i in sorted(chosen)]
+    if isinstance(select, list | tuple):
+        wanted = [str(s) for s in select]
+        unknown = sorted(set(wanted) - set(ids))
+        if unknown:
+            raise ValueError(f"unknown ids in select: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        return [i for i in ids if i in set(wanted)]
+    raise ValueError(f"select must be 'all', a number or a list of ids, not {select!r}")
+
+
+def iter_core_mof(dataset: str, ids: set[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (id, bytes) of the wanted CIFs in one streaming pass over the archive."""
+    with tarfile.open(core_mof_archive(dataset), mode="r|xz") as tar:
+        for member in tar:
+            if _is_cif(member) and _stem(member.name) in ids:
+                yield _stem(member.name), tar.extractfile(member).read()
+
+
+def iter_folder(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    for path in paths:
+        try:
+            yield path.stem, path.read_bytes()
+        except OSError as exc:
+            log.warning("library: cannot read %s: %s", path, exc)
+            yield path.stem, b""
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class Library:
+    """A built library folder: the index table and every entry's :class:`Crystal`."""
+
+    folder: Path
+    index: pd.DataFrame
+    ids: list[str]
+    lattice: np.ndarray
+    offsets: np.ndarray
+    numbers: np.ndarray
+    frac_coords: np.ndarray
+    occupancies: np.ndarray
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Library:
+        folder = Path(folder)
+        try:
+            store = np.load(folder / "structures.npz")
+        except (OSError, ValueError) as exc:
+            raise InputError(folder, f"not a library folder ({exc})") from exc
+        return cls(folder, read_index(folder), [str(i) for i in store["ids"]],
+                   **{k: store[k] for k in ("lattice", "offsets", "numbers", "frac_coords", "occupancies")})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def crystal(self, i: int) -> Crystal:
+        sl = slice(self.offsets[i], self.offsets[i + 1])
+        return Crystal(self.ids[i], self.lattice[i], self.numbers[sl], self.frac_coords[sl], self.occupancies[sl])
+
+
+def read_index(folder: str | Path) -> pd.DataFrame:
+    """The ``index.csv`` of a library folder (ids and refcodes as text); InputError when unreadable."""
+    path = Path(folder) / "index.csv"
+    if not path.is_file():
+        raise InputError(path, "library index not found")
+    try:
+        return pd.read_csv(path, dtype={"id": str, "refcode": str}, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"library index not readable ({exc})") from exc
+
+
+def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = True) -> Library:
+    """Run the ``library`` stage with the ``library`` params section; see the module docstring.
+
+    Raises :class:`InputError` only when the source is unusable or nothing usable is left.
+    """
+    source = params.get("source", "core-mof")
+    seed = int(params.get("seed", 0))
+    workers = int(params.get("workers", 2))
+    filters = LibraryFilters.from_params(params)
+    try:
+        if source == "core-mof":
+            dataset = str(params.get("dataset", "2019-ASR"))
+            ids = _select(core_mof_ids(dataset), params.get("select", "all"), seed)
+            entries = iter_core_mof(dataset, set(ids))
+            label = f"core-mof:{dataset}"
+        elif source == "folder":
+            folder = Path(str(params.get("folder") or ""))
+            if not folder.is_dir():
+                raise InputError(folder, "CIF folder not found")
+            paths = {p.stem: p for p in sorted(folder.glob("*.cif"))}
+            if not paths:
+                raise InputError(folder, "no *.cif files in folder")
+            ids = _select(list(paths), params.get("select", "all"), seed)
+            entries = iter_folder([paths[i] for i in ids])
+            label = str(folder)
+        else:
+            raise ValueError(f"library source must be core-mof or folder, not {source!r}")
+    except ValueError as exc:
+        raise InputError("params.yaml", f"library: {exc}") from exc
+
+    out = Path(out_dir)
+    (out / "cif").mkdir(parents=True, exist_ok=True)
+    for old in (out / "cif").glob("*.cif"):  # a rebuilt library holds exactly its own CIFs
+        old.unlink()
+    rows: list[dict[str, Any]] = []
+    crystals: list[Crystal] = []
+    rejects: list[tuple[str, str]] = []
+    jobs = ((entry_id, data, filters) for entry_id, data in entries)
+    bar = tqdm(total=len(ids), desc="library", unit="cif", disable=not progress)
+    with Pool(workers) if workers > 1 else _NoPool() as pool:
+        for entry_id, data, row, crystal, problem in pool.imap(_parse_entry, jobs, chunksize=8):
+            bar.update()
+            if row is None:
+                rejects.append((entry_id, problem))
+                continue
+            (out / "cif" / f"{entry_id}.cif").write_bytes(data)
+            rows.append({**row, "source": label})
+            crystals.append(crystal)
+    bar.close()
+
+    seen = {c.id for c in crystals} | {r[0] for r in rejects}
+    rejects += [(entry_id, "not found in the source") for entry_id in ids if entry_id not in seen]
+    _write_rejects(out / "rejects.csv", rejects)
+    for entry_id, problem in rejects:
+        log.warning("library: %s rejected: %s", entry_id, problem)
+    if not crystals:
+        raise InputError(label, f"no usable CIF among {len(ids)} (see {out / 'rejects.csv'})")
+    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(out / "index.csv", index=False)
+    broken = [row["id"] for row in rows if row["overlaps"]]
+    if broken:  # kept (the peak positions are right); augment can stop trusting their intensities
+        log.warning("library: %d entries have atoms closer than %.1f Å (not physical; simulated intensities "
+                    "unreliable), e.g. %s; see the overlaps column of index.csv",
+                    len(broken), OVERLAP_DISTANCE, ", ".join(broken[:5]))
+    np.savez(
+        out / "structures.npz",
+        ids=np.array([c.id for c in crystals]),
+        lattice=np.stack([c.lattice for c in crystals]),
+        offsets=np.r_[0, np.cumsum([len(c.numbers) for c in crystals])].astype(np.int64),
+        numbers=np.concatenate([c.numbers for c in crystals]).astype(np.int16),
+        frac_coords=np.concatenate([c.frac_coords for c in crystals]),
+        occupancies=np.concatenate([c.occupancies for c in crystals]),
+    )
+    log.info("library: %d entries in %s, %d rejected", len(crystals), out, len(rejects))
+    return Library.load(out)
+
+
+def _write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "reason"])
+        writer.writerows(rejects)
+
+
+class _NoPool:
+    """In-process stand-in for ``multiprocessing.Pool`` when workers == 1."""
+
+    def __enter__(self) -> _NoPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def imap(func, iterable, chunksize: int = 1):  # noqa: ANN001, ANN205
+        return map(func, iterable)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+
+def read_rejects(folder: str | Path) -> pd.DataFrame:
+    """The rejects table of a library folder."""
+    return pd.read_csv(Path(folder, "rejects.csv"), keep_default_na=False)
+
+
+def material_groups(index: pd.DataFrame, profiles: np.ndarray, threshold: float = 0.95,
+                    length_tol: float = 0.02, angle_tol: float = 2.0) -> list[str]:
+    """The material each entry belongs to: the id of its group's first entry.
+
+    The same material is often several entries (UiO-66 is at least four in CoRE MOF 2019; a
+    mineral and a partial model of it with the same cell). Two entries are one material when
+    they share a CSD refcode stem; or the same reduced formula and simulated profiles whose
+    cosine similarity is at least ``threshold``; or the same element set and the same lattice
+    (Niggli cells within ``length_tol`` relative and ``angle_tol`` degrees, when the index has
+    the cell columns). Groups are the connected components of that relation. Polymorphs such as
+    andalusite and sillimanite (cells 3-4 % apart) stay apart.
+
+    Parameters
+    ----------
+    index : the library index (columns ``id``, ``reduced_formula``, ``refcode``; optionally
+        ``elements``, ``a``, ``b``, ``c``, ``alpha``, ``beta``, ``gamma``), in ``profiles`` order.
+    profiles : (n_entries, n_points) simulated profiles on one grid.
+    threshold : cosine above which same-formula entries count as one material.
+    length_tol, angle_tol : how far two cells of one material may differ.
+
+    Examples
+    --------
+    >>> idx = pd.DataFrame({"id": ["a", "b", "c"], "reduced_formula": ["X", "X", "X"], "refcode": ["", "", ""]})
+    >>> material_groups(idx, np.array([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]))
+    ['a', 'a', 'c']
+    """
+    n = len(index)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(members: np.ndarray) -> None:
+        for j in members[1:]:
+            a, b = root(int(members[0])), root(int(j))
+            parent[max(a, b)] = min(a, b)
+
+    for _, rows in index.groupby("refcode").indices.items() if "refcode" in index else ():
+        if _:
+            join(np.asarray(rows))
+    unit = np.asarray(profiles, dtype=np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    for _, rows in index.groupby("reduced_formula").indices.items():
+        if len(rows) > 1:
+            similar = unit[rows] @ unit[rows].T >= threshold
+            for i, row in zip(rows, similar):
+                join(np.concatenate([[i], np.asarray(rows)[row]]))
+    for i, j in _same_lattice_pairs(index, length_tol, angle_tol):
+        join(np.array([i, j]))
+    ids = index["id"].astype(str).tolist()
+    return [ids[root(i)] for i in range(n)]
+
+
+def _same_lattice_pairs(index: pd.DataFrame, length_tol: float, angle_tol: float) -> list[tuple[int, int]]:
+    """Pairs of rows with one element set whose lattices map onto each other within tolerance."""
+    if not {"elements", *_CELL} <= set(index.columns):
+        return []  # an index written before the cell columns existed
+    from pymatgen.core import Lattice
+
+    cells = index[list(_CELL)].to_numpy(dtype=float)
+    pairs = []
+    for elements, rows in index.groupby("elements").indices.items():
+        rows = rows[np.isfinite(cells[rows]).all(axis=1)]
+        if not elements or len(rows) < 2:
+            continue
+        # Sorted by the shortest Niggli length, each entry meets only those within tolerance of it;
+        # the other two lengths screen them cheaply and pymatgen confirms (angles, settings).
+        rows = rows[np.argsort(cells[rows, 0], kind="stable")]
+        window = np.searchsorted(cells[rows, 0], cells[rows, 0] * (1 + length_tol), side="right")
+        for a, stop in enumerate(window):
+            near = rows[a + 1 : stop]
+            near = near[(np.abs(cells[near, :3] / cells[rows[a], :3] - 1) <= length_tol).all(axis=1)]
+            if len(near):
+                first = Lattice.from_parameters(*cells[rows[a]])
+                pairs += [(int(rows[a]), int(b)) for b in near
+                          if first.find_mapping(Lattice.from_parameters(*cells[b]), length_tol, angle_tol) is not None]
+    return pairs

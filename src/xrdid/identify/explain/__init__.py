@@ -1,0 +1,50 @@
+"""Why the network named a material: Grad-CAM, feature maps, explanation plots, HTML reports, NCA maps.
+
+The pieces build on one another:
+
+* :mod:`~xrdid.identify.explain.cam`: :func:`grad_cam`, which 2θ regions drove the score of a
+  class (class activation maps: HiResCAM by default, Grad-CAM on request; Wang et al. 2020
+  showed CAMs) for any model of :data:`xrdid.learn.models.MODELS`, on the layer
+  :func:`cam_layer` picks; :func:`features`, the penultimate activations (the CNN's embedding
+  of a pattern);
+* :mod:`~xrdid.identify.explain.plots`: :func:`plot_explanation`, a measured pattern coloured
+  by its Grad-CAM over the simulated profiles of its best candidates (built by
+  :func:`make_candidate`), with their reflections and hkl labels (:func:`format_hkl`);
+* :mod:`~xrdid.identify.explain.report`: :func:`html_report`, one self-contained HTML file for a
+  batch of predictions, embedding those plots;
+* :mod:`~xrdid.identify.explain.nca`: :func:`nca_plot`, a 2-D neighbourhood-components map of
+  feature vectors, and :func:`nca_map` (``xrdid explain nca``), that map for the measured test
+  patterns in a trained model's feature space (Wang et al.'s NCA figure).
+
+Heavy libraries (torch, matplotlib, scikit-learn, jinja2) are imported only when a function
+needs them, so importing this package stays cheap.
+
+Examples
+--------
+>>> import numpy as np
+>>> from xrdid.learn.models import build_model
+>>> model = build_model("wang", 256, 3, conv_layers=2)
+>>> grad_cam(model, np.random.default_rng(0).random((2, 256))).shape
+(2, 256)
+>>> features(model, np.random.default_rng(0).random((2, 256))).shape
+(2, 84)
+"""
+
+from __future__ import annotations
+
+from xrdid.identify.explain.cam import cam_layer, features, grad_cam
+from xrdid.identify.explain.nca import nca_map, nca_plot
+from xrdid.identify.explain.plots import format_hkl, make_candidate, plot_explanation
+from xrdid.identify.explain.report import html_report
+
+__all__ = [
+    "cam_layer",
+    "features",
+    "format_hkl",
+    "grad_cam",
+    "html_report",
+    "make_candidate",
+    "nca_map",
+    "nca_plot",
+    "plot_explanation",
+]

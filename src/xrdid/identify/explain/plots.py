@@ -1,0 +1,209 @@
+"""The explanation plot: a measured pattern coloured by its Grad-CAM over its best candidates' profiles."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from xrdid.config.grid import Grid
+    from xrdid.data.patterns import PatternSet
+
+__all__ = ["format_hkl", "make_candidate", "plot_explanation"]
+
+
+def format_hkl(hkl: Sequence[int]) -> str:
+    """Miller indices as matplotlib mathtext, negatives with an overbar: ``$1\\bar{1}0$``.
+
+    Examples
+    --------
+    >>> format_hkl([1, -1, 0]), format_hkl([10, 0, -2])
+    ('$1\\\\bar{1}0$', '$10\\\\,0\\\\,\\\\bar{2}$')
+    """
+    parts = [rf"\bar{{{-int(h)}}}" if h < 0 else str(int(h)) for h in hkl]
+    sep = r"\," if any(abs(int(h)) >= 10 for h in hkl) else ""
+    return "$" + sep.join(parts) + "$"
+
+
+def make_candidate(patterns: PatternSet, index: int, probability: float, formula: str = "") -> dict[str, Any]:
+    """The candidate dict of :func:`plot_explanation` for library entry ``index`` of ``patterns``.
+
+    Examples
+    --------
+    A one-entry pattern set built in memory (``PatternSet.load`` reads the ``simulate`` stage's):
+
+    >>> from xrdid.config.grid import Grid
+    >>> from xrdid.data.patterns import PatternSet
+    >>> patterns = PatternSet(ids=["Ag_225"], grid=Grid(30.0, 80.0, 501), profiles=np.zeros((1, 501), np.float32),
+    ...                       offsets=np.array([0, 2]), two_theta=np.array([38.1, 44.3]),
+    ...                       intensity=np.array([100.0, 47.0]), hkl=np.array([[1, 1, 1], [2, 0, 0]]),
+    ...                       multiplicity=np.array([8, 6]), d_spacing=np.array([2.36, 2.04]), meta={})
+    >>> c = make_candidate(patterns, 0, 0.93, "Ag")
+    >>> sorted(c)
+    ['formula', 'hkl', 'id', 'intensity', 'peaks', 'probability', 'profile']
+    >>> c["hkl"]
+    ['$111$', '$200$']
+    """
+    sl = slice(int(patterns.offsets[index]), int(patterns.offsets[index + 1]))
+    return {
+        "id": patterns.ids[index],
+        "formula": formula,
+        "probability": float(probability),
+        "profile": np.asarray(patterns.profiles[index], dtype=np.float32),
+        "peaks": np.asarray(patterns.two_theta[sl], dtype=float),
+        "intensity": np.asarray(patterns.intensity[sl], dtype=float),
+        "hkl": [format_hkl(h) for h in patterns.hkl[sl]],
+    }
+
+
+def _label_positions(peaks: np.ndarray, strength: np.ndarray, n_label: int, min_gap: float) -> np.ndarray:
+    """Indices of the strongest peaks to label, skipping one closer than ``min_gap`` to a stronger one."""
+    chosen: list[int] = []
+    for i in np.argsort(-strength, kind="stable"):
+        if len(chosen) == n_label:
+            break
+        if all(abs(peaks[i] - peaks[j]) >= min_gap for j in chosen):
+            chosen.append(int(i))
+    return np.array(chosen, dtype=int)
+
+
+def plot_explanation(
+    grid: Grid,
+    pattern: np.ndarray,
+    covered: np.ndarray | None,
+    cam: np.ndarray,
+    candidates: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    title: str = "",
+    n_label: int = 8,
+) -> None:
+    """The measured pattern coloured by its Grad-CAM, over its best candidates' simulated patterns; PNG.
+
+    Top: the measured pattern (covered points only; unmeasured ranges shaded) with the area
+    under it and a strip below it coloured by the Grad-CAM (dark red = what drove the top
+    candidate's score). Below, offset, one trace per candidate, best first: its simulated
+    profile, its reflections as ticks under the trace and the hkl of its strongest ``n_label``
+    peaks, tagged with its rank; the legend above gives id, formula and probability.
+
+    Parameters
+    ----------
+    grid : the model grid.
+    pattern, covered : the measured row on the grid (n_points) and its covered mask (or None).
+    cam : (n_points,) Grad-CAM in [0, 1] (:func:`grad_cam`), usually for the top candidate.
+    candidates : best first; dicts with ``id``, ``formula``, ``probability``, ``profile``
+        (n_points) and optionally ``peaks`` (2θ of the reflections), ``hkl`` (one label per
+        peak, e.g. from :func:`format_hkl`) and ``intensity`` (picks the strongest; else the
+        profile's height at each peak). :func:`make_candidate` builds them.
+    path : PNG file to write.
+    title : figure title (e.g. the file name).
+    n_label : hkl labels per candidate.
+
+    Examples
+    --------
+    In use, ``candidates`` come from :func:`make_candidate` for a model's top classes and ``cam``
+    from ``grad_cam(model, X[:1])[0]``; here both are made up:
+
+    >>> import os, tempfile
+    >>> from xrdid.config.grid import Grid
+    >>> grid = Grid(30.0, 80.0, 501)
+    >>> peak = lambda at: np.exp(-0.5 * ((grid.values - at) / 0.2) ** 2)
+    >>> measured = peak(38.1) + 0.5 * peak(44.3)
+    >>> covered = grid.values < 75
+    >>> cands = [{"id": "Ag_225", "formula": "Ag", "probability": 0.93, "profile": peak(38.1) + 0.47 * peak(44.3),
+    ...           "peaks": [38.1, 44.3], "hkl": [format_hkl((1, 1, 1)), format_hkl((2, 0, 0))]},
+    ...          {"id": "Au_225", "formula": "Au", "probability": 0.05, "profile": peak(38.2) + 0.52 * peak(44.4)}]
+    >>> out = os.path.join(tempfile.mkdtemp(), "scan.png")
+    >>> plot_explanation(grid, measured, covered, measured / measured.max(), cands, out, "scan.xy")
+    >>> open(out, "rb").read(4)
+    b'\\x89PNG'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    x = grid.values
+    y = np.asarray(pattern, dtype=float)
+    covered = np.ones(y.shape, bool) if covered is None else np.asarray(covered, bool)
+    cam = np.clip(np.asarray(cam, dtype=float), 0, 1)
+    if y.shape != x.shape or covered.shape != x.shape or cam.shape != x.shape:
+        raise ValueError(f"pattern, covered and cam need {x.size} points each")
+    if covered.any():
+        low = y[covered].min()
+        span = y[covered].max() - low
+        y = (y - low) / (span if span > 0 else 1.0)
+    k = len(candidates)
+    gap, height = 1.35, 0.85  # offset between traces (room for the hkl labels); profile height
+    cmap = LinearSegmentedColormap.from_list("cam", ["#f4f4f4", "#fdd49e", "#fc8d59", "#d7301f", "#7f0000"])
+    colors = plt.get_cmap("tab10").colors
+
+    labels = [f"#{i}  {c['id']}" + (f"  ({c['formula']})" if c.get("formula") else "")
+              + f"   p = {float(c['probability']):.3f}" for i, c in enumerate(candidates, start=1)]
+    ncols = 2 if max(map(len, labels), default=0) < 60 else 1
+    rows = -(-(k + 1) // ncols)
+    header, body = 0.45 + 0.2 * rows, 1.9 + 1.2 * k  # inches: title + legend + colour bar; the traces
+    fig = plt.figure(figsize=(11, header + body), layout="constrained")
+    grid_spec = fig.add_gridspec(2, 1, height_ratios=[header, body])
+    head, ax = fig.add_subplot(grid_spec[0]), fig.add_subplot(grid_spec[1])
+    head.axis("off")
+    span = x[-1] - x[0]
+    boxed = {"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5}
+    # area under the measured curve coloured by the CAM: an image clipped to the filled area
+    fill = ax.fill_between(x, 0, np.where(covered, y, 0), color="none", lw=0)
+    image = ax.imshow(cam[None], extent=(x[0], x[-1], 0, 1), aspect="auto", cmap=cmap, vmin=0, vmax=1,
+                      interpolation="bilinear", origin="lower", zorder=1)
+    if fill.get_paths():
+        image.set_clip_path(fill.get_paths()[0], transform=ax.transData)
+    ax.imshow(cam[None], extent=(x[0], x[-1], -0.16, -0.05), aspect="auto", cmap=cmap, vmin=0, vmax=1,
+              interpolation="bilinear", zorder=1)
+    handles = ax.plot(x, np.where(covered, y, np.nan), color="k", lw=0.8, zorder=3, label="measured")
+    ax.text(x[0] - 0.004 * span, -0.105, "CAM", ha="right", va="center", fontsize=7, color="0.3")
+    # shade what the scan did not measure
+    edges = np.flatnonzero(np.diff(np.r_[0, (~covered).astype(int), 0]))
+    for a, b in zip(edges[::2], edges[1::2]):
+        ax.axvspan(x[a] - grid.step / 2, x[b - 1] + grid.step / 2, color="0.85", alpha=0.6, lw=0, zorder=0)
+        ax.text((x[a] + x[b - 1]) / 2, 0.5, "not measured", ha="center", va="center", fontsize=7, color="0.45")
+
+    min_gap = 0.012 * span
+    for i, cand in enumerate(candidates, start=1):
+        base = -0.3 - gap * i
+        color = colors[(i - 1) % len(colors)]
+        profile = np.asarray(cand["profile"], dtype=float)
+        top = profile.max()
+        profile = profile / top if top > 0 else profile
+        handles += ax.plot(x, base + height * profile, color=color, lw=0.9, zorder=3, label=labels[i - 1])
+        ax.text(x[0] + 0.003 * span, base + 0.04, f"#{i}", ha="left", va="bottom", fontsize=8, color=color,
+                fontweight="bold", zorder=5, bbox=boxed)  # rank tag on the trace itself
+        peaks = np.asarray(cand.get("peaks", ()), dtype=float)
+        inside = (peaks >= x[0]) & (peaks <= x[-1])
+        if not inside.any():
+            continue
+        pk = peaks[inside]
+        ax.vlines(pk, base - 0.12, base - 0.02, color=color, lw=0.7, zorder=3)
+        hkl = cand.get("hkl")
+        if hkl is None or len(hkl) != len(peaks) or n_label <= 0:
+            continue
+        hkl_text = np.asarray(hkl, dtype=object)[inside]
+        at = np.interp(pk, x, profile)
+        strength = np.asarray(cand["intensity"], dtype=float)[inside] if "intensity" in cand else at
+        for j in _label_positions(pk, strength, n_label, min_gap):
+            ax.text(pk[j], base + height * at[j] + 0.03, hkl_text[j], rotation=90, ha="center", va="bottom",
+                    fontsize=7, color=color, zorder=4, clip_on=True)
+    ax.set(xlim=(x[0], x[-1]), ylim=(-0.3 - gap * k - 0.2, 1.1), yticks=[], xlabel="2θ (°)")
+    head.text(0, 1, title, ha="left", va="top", fontsize=10, transform=head.transAxes)
+    head.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, -0.05), ncols=ncols, fontsize=8,
+                frameon=False, handlelength=1.6, columnspacing=2.5, borderaxespad=0)
+    ax.spines[["left", "right", "top"]].set_visible(False)
+    ax.tick_params(axis="x", which="both", top=False)
+    ax.minorticks_on()
+    ax.tick_params(axis="y", which="both", left=False)
+    cax = head.inset_axes((0.84, 0.1, 0.16, 0.16 * 1.2 / header))
+    bar = fig.colorbar(image, cax=cax, orientation="horizontal", ticks=[0, 1])
+    bar.ax.set_xticklabels(["low", "high"], fontsize=7)
+    bar.ax.set_title("class activation: what drove #1", fontsize=7.5, pad=2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,40 @@
+"""The MLflow pyfunc flavour of an :class:`xrdid.predict.Identifier`, logged as model code.
+
+MLflow stores this file with the model and runs it on load ("models from code"), so nothing is
+pickled: the network is rebuilt from the safetensors config in the ``identifier`` artifact.
+Input: patterns on the model's grid, ``(n, n_points)`` float32. Output: one
+``{"candidates": [{"id", "formula", "probability"}, ...], "in_library", "warnings"}`` per row,
+candidates best first; the parameter ``top`` (default 5) sets how many.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from xrdid.identify.identifier import Identifier
+
+
+class IdentifierModel(PythonModel):
+    """Ranks library entries for patterns on the grid (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+
+        self.identifier = Identifier.from_folder(context.artifacts["identifier"])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
+        X = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+        if X.ndim == 1:
+            X = X[None, :]
+        try:
+            return self.identifier.identify(X, None, int((params or {}).get("top", 5)))
+        except ValueError as exc:  # wrong length, NaN: the client's fault, answered with a 400
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+mlflow.models.set_model(IdentifierModel())

@@ -1,0 +1,1 @@
+"""Learning: the model zoo, training, inference, metrics, baselines and calibration."""

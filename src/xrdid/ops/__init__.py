@@ -1,0 +1,1 @@
+"""Operations around the models: MLflow tracking and registry, Optuna tuning, benchmarks."""

@@ -1,0 +1,1 @@
+"""One module per ``dvc.yaml`` stage: ``run(params, paths)`` and its command-line arguments."""
