@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,23 +89,26 @@ class MeasuredSet:
             raise InputError(labels, "no measured pattern could be read")
         return cls(files, np.array(X, np.float32), np.array(covered), np.array(y), sources, failed)
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], ids: list[str], grid: Grid, progress: bool = True) -> MeasuredSet | None:
+        """The test set of ``evaluate.measured`` (its ``grid.wavelength`` too), or None when none is configured.
+
+        A configured labels file that does not exist is logged and gives None as well, so a
+        profile whose ``../shared`` data is absent still runs on its validation split.
+        """
+        measured = (params.get("evaluate") or {}).get("measured") or {}
+        labels = measured.get("labels")
+        if not labels:
+            return None
+        if not Path(labels).is_file():
+            log.warning("measured labels %s not found; no measured test set", labels)
+            return None
+        return cls.from_folder(measured.get("folder") or Path(labels).parent, labels, ids, grid,
+                               (params.get("grid") or {}).get("wavelength", "CuKa"),
+                               measured.get("default_wavelength", "CuKa"), progress=progress)
+
     def subset(self, keep: np.ndarray) -> MeasuredSet:
         keep = np.asarray(keep, bool)
         pick = np.flatnonzero(keep)
         return MeasuredSet([self.files[i] for i in pick], self.X[keep], self.covered[keep], self.y[keep],
                            [self.sources[i] for i in pick], self.failed)
-
-
-def _measured_set(params: dict[str, Any], settings: dict[str, Any], ids: list[str], grid: Grid,
-                  progress: bool) -> MeasuredSet | None:
-    """The configured measured test set, or None (logged) when none is configured or found."""
-    measured = settings.get("measured") or {}
-    labels = measured.get("labels")
-    if not labels:
-        return None
-    if not Path(labels).is_file():
-        log.warning("evaluate: measured labels %s not found; scoring the validation split only", labels)
-        return None
-    return MeasuredSet.from_folder(measured.get("folder") or Path(labels).parent, labels, ids, grid,
-                                   params["grid"].get("wavelength", "CuKa"),
-                                   measured.get("default_wavelength", "CuKa"), progress=progress)

@@ -10,6 +10,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from xrdid.xrd.preprocess import rolling_background
+
 if TYPE_CHECKING:
     from xrdid.config import Grid
 
@@ -36,7 +38,7 @@ def search_match(
     """
     X = np.asarray(X, dtype=np.float64)
     if subtract_background:
-        X = np.stack([_subtract_background(row, grid) for row in X])
+        X = np.clip(X - rolling_background(X, grid.step), 0, None)
     sigma = smooth / grid.step
     P = np.asarray(profiles, dtype=np.float64)
     if sigma > 0:
@@ -47,14 +49,6 @@ def search_match(
     dots = X @ P.T
     norms = np.sqrt(covered.astype(np.float64) @ (P**2).T) * np.linalg.norm(X, axis=1, keepdims=True)
     return dots / np.maximum(norms, 1e-12)
-
-
-def _subtract_background(row: np.ndarray, grid: Grid, width: float = 1.5) -> np.ndarray:
-    """Rolling-ball-like background: grey opening of the smoothed row, then smoothing."""
-    size = max(3, int(round(width / grid.step)))
-    smooth = ndimage.gaussian_filter1d(row, 2.0)
-    background = ndimage.uniform_filter1d(ndimage.grey_opening(smooth, size=size), size)
-    return np.clip(row - background, 0, None)
 
 
 CLASSICAL = ("naive_bayes", "knn", "logistic_regression", "random_forest", "svm")

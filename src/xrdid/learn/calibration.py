@@ -45,6 +45,7 @@ from scipy import ndimage, optimize, special
 
 from xrdid.learn.baselines import search_match
 from xrdid.learn.metrics import check_labels
+from xrdid.xrd.preprocess import rolling_background
 
 if TYPE_CHECKING:
 
@@ -200,16 +201,6 @@ def reliability_plot(
 # --------------------------------------------------------------------------- not-in-library evidence
 
 
-def _background(X: np.ndarray, step: float, width: float = 1.5) -> np.ndarray:
-    """Rolling-ball-like background of each row, as :func:`xrdid.evaluate.search_match` removes it.
-
-    Grey opening (``width`` degrees) of the lightly smoothed row, then a moving mean: vectorised
-    over rows (the footprint spans one row only).
-    """
-    size = max(3, int(round(width / step)))
-    smooth = ndimage.gaussian_filter1d(X, 2.0, axis=-1)
-    return ndimage.uniform_filter1d(ndimage.grey_opening(smooth, size=(1, size)), size, axis=-1)
-
 
 def peak_fraction(X: np.ndarray, covered: np.ndarray | None, grid: Grid, width: float = 1.5) -> np.ndarray:
     """How much of each pattern stands above its background in sharp (Bragg-like) peaks, 0..1.
@@ -240,7 +231,7 @@ def peak_fraction(X: np.ndarray, covered: np.ndarray | None, grid: Grid, width: 
     X = X - low
     high = np.where(covered, X, -np.inf).max(axis=1, keepdims=True)
     X = X / np.where(high > 0, high, 1.0)
-    residual = np.clip(X - _background(X, grid.step, width), 0, None)
+    residual = np.clip(X - rolling_background(X, grid.step, width), 0, None)
     residual = ndimage.gaussian_filter1d(residual, 1.0, axis=-1)
     return np.where(covered, residual, 0.0).max(axis=1)
 

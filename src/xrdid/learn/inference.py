@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,29 +38,13 @@ def predict_proba(
 
     Examples
     --------
-    >>> from xrdid.models import build_model
+    >>> from xrdid.learn.models import build_model
     >>> p = predict_proba(build_model("xrdnet", 256, 3), np.random.rand(5, 256))
     >>> p.shape, bool(np.allclose(p.sum(1), 1, atol=1e-5))
     ((5, 3), True)
     """
-    if device is None:
-        device = next(model.parameters()).device
-    else:
-        device = torch.device(device)
-        model.to(device)
-    model.eval()
-    out: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in range(0, len(X), batch_size):
-            chunk = X[start : start + batch_size]
-            if isinstance(chunk, torch.Tensor):
-                xb = chunk.float()
-            else:
-                xb = torch.from_numpy(np.array(chunk, dtype=np.float32))  # a copy: memmap slices are read-only
-            logits = model(normalize_rows(xb.to(device)))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    n_classes = getattr(model, "n_classes", 0)
-    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+    probs = [torch.softmax(logits, dim=1).cpu().numpy() for logits in _logit_batches(model, X, batch_size, device)]
+    return np.concatenate(probs) if probs else np.zeros((0, getattr(model, "n_classes", 0)), np.float32)
 
 
 def predict_logits(
@@ -67,25 +52,34 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits ``(n, n_classes)`` (float32) of raw spectra ``X (n, n_points)``, in eval mode.
 
-    Rows are divided by their maximum first, as in :func:`xrdid.train.predict_proba` (whose
+    Rows are divided by their maximum first, as in :func:`predict_proba` (whose
     probabilities are ``softmax(predict_logits(...))``); ``X`` may be a float16 memmap.
 
     Examples
     --------
-    >>> from xrdid.models import build_model
+    >>> from xrdid.learn.models import build_model
     >>> predict_logits(build_model("xrdnet", 256, 3), np.random.rand(5, 256)).shape
     (5, 3)
     """
-    import torch
+    logits = [batch.cpu().numpy() for batch in _logit_batches(model, X, batch_size, device)]
+    return np.concatenate(logits) if logits else np.zeros((0, getattr(model, "n_classes", 0)), np.float32)
 
-    from xrdid.learn.inference import normalize_rows
 
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    model.to(device).eval()
-    chunks = []
+def _logit_batches(
+    model: nn.Module, X: np.ndarray | torch.Tensor, batch_size: int, device: str | torch.device | None
+) -> Iterator[torch.Tensor]:
+    """float32 logits of ``X`` batch by batch, rows max-normalised, in eval mode on ``device`` (or the model's)."""
+    if device is None:
+        device = next(model.parameters()).device
+    else:
+        device = torch.device(device)
+        model.to(device)
+    model.eval()
     with torch.inference_mode():
         for start in range(0, len(X), batch_size):
             chunk = X[start : start + batch_size]
-            xb = chunk.float() if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk, np.float32))
-            chunks.append(model(normalize_rows(xb.to(device))).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, getattr(model, "n_classes", 0)), np.float32)
+            if isinstance(chunk, torch.Tensor):
+                xb = chunk.float()
+            else:
+                xb = torch.from_numpy(np.array(chunk, dtype=np.float32))  # a copy: memmap slices are read-only
+            yield model(normalize_rows(xb.to(device))).float()

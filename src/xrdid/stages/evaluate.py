@@ -34,7 +34,7 @@ import pandas as pd
 
 from xrdid.config import Grid, load_params
 from xrdid.data.library import material_groups, read_index
-from xrdid.data.measured_set import _measured_set
+from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import load_split
 from xrdid.errors import InputError
@@ -48,7 +48,6 @@ from xrdid.xrd.denoise import fft_denoise
 if TYPE_CHECKING:
     import argparse
 
-    from xrdid.data.measured_set import MeasuredSet
     from xrdid.data.patterns import PatternSet
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def run(
                      smooth=float(settings.get("search_match_smooth", 0.05))), y_val_sub)
     metrics["validation"] = validation
 
-    test = _measured_set(params, settings, patterns.ids, grid, progress)
+    test = MeasuredSet.from_params(params, patterns.ids, grid, progress)
     classical = tuple(settings.get("classical", CLASSICAL) or ())
     if classical:  # trained once, scored on the validation subset and the measured set
         rows = X_val_sub if test is None else np.concatenate([X_val_sub, test.X])

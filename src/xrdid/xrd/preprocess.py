@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage
 
 from xrdid.errors import InputError
 from xrdid.xrd.denoise import fft_denoise
@@ -39,3 +40,14 @@ def preprocess(
     if not peak > 0:
         raise InputError(path, "flat pattern on the grid (no signal)")
     return (values / peak).astype(np.float32), mask
+
+
+def rolling_background(X: np.ndarray, step: float, width: float = 1.5) -> np.ndarray:
+    """Rolling-ball-like background of each row (search-match and the not-in-library evidence remove it).
+
+    Grey opening (``width`` degrees) of the lightly smoothed row, then a moving mean: vectorised
+    over rows (the footprint spans one row only).
+    """
+    size = max(3, int(round(width / step)))
+    smooth = ndimage.gaussian_filter1d(X, 2.0, axis=-1)
+    return ndimage.uniform_filter1d(ndimage.grey_opening(smooth, size=(1, size)), size, axis=-1)

@@ -161,19 +161,16 @@ def nca_map(
     from xrdid.data.splits import load_split
     from xrdid.learn.models import load_model
 
-    measured = ((params.get("evaluate") or {}).get("measured") or {})
-    labels = measured.get("labels")
-    if not labels or not Path(labels).is_file():
-        raise InputError(labels or "evaluate.measured.labels", "no measured labels file: nothing to map")
     patterns = PatternSet.load(patterns_dir)
     try:
         model = load_model(model_path)
     except (OSError, ValueError) as exc:
         raise InputError(model_path, f"cannot load the model ({exc})") from exc
     ids = _model_ids(model_path, model.n_classes, patterns.ids)
-    test = MeasuredSet.from_folder(measured.get("folder") or Path(labels).parent, labels, ids, patterns.grid,
-                                   params["grid"].get("wavelength", "CuKa"), measured.get("default_wavelength", "CuKa"),
-                                   progress=progress)
+    test = MeasuredSet.from_params(params, ids, patterns.grid, progress)
+    if test is None:
+        labels = ((params.get("evaluate") or {}).get("measured") or {}).get("labels")
+        raise InputError(labels or "evaluate.measured.labels", "no measured labels file: nothing to map")
     test = test.subset(test.y >= 0)
     if len(test.y) < 2:
         raise InputError(labels, "fewer than two measured patterns of library materials")

@@ -152,13 +152,9 @@ def _load_measured(params: Mapping[str, Any], data: TuneData, required: bool, pr
     from xrdid.config import Grid
     from xrdid.data.measured_set import MeasuredSet
 
-    settings = ((params.get("evaluate") or {}).get("measured")) or {}
-    labels = settings.get("labels")
-    if not labels or not Path(labels).is_file():
-        if required:
-            raise InputError(labels or "evaluate.measured.labels",
-                             "tune.objective is 'measured' but no measured labels file is configured or found")
-        return None
-    return MeasuredSet.from_folder(settings.get("folder") or Path(labels).parent, labels, data.ids,
-                                   Grid.from_params(data.grid), (params.get("grid") or {}).get("wavelength", "CuKa"),
-                                   settings.get("default_wavelength", "CuKa"), progress=progress)
+    test = MeasuredSet.from_params(params, data.ids, Grid.from_params(data.grid), progress)
+    if test is None and required:
+        labels = ((params.get("evaluate") or {}).get("measured") or {}).get("labels")
+        raise InputError(labels or "evaluate.measured.labels",
+                         "tune.objective is 'measured' but no measured labels file is configured or found")
+    return test
