@@ -33,11 +33,11 @@ repro: run
 # scripts/postgres.sh starts the local server (installing it if missing) and prints its URL.
 test: venv ## run the test suite (starts the local PostgreSQL for the many-worker Optuna test)
 	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
-	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 
 test-fast: venv ## run the tests not marked slow (with the local PostgreSQL too)
 	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
-	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m "not slow"
 
 .PHONY: postgres
 postgres: ## start the local PostgreSQL (scripts/postgres.sh: .postgres/, port 55432) and print its URL

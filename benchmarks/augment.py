@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdid.data.augment import Augmenter, write_augmented
 from xrdid.config import Grid
-from xrdid.data.patterns import PatternSet
+from xrdid.data.augment import Augmenter, write_augmented
 from xrdid.data.library import Library
+from xrdid.data.patterns import PatternSet
 from xrdid.xrd.profiles import caglioti_fwhm, render
 
 LAMBDA = 1.54184
@@ -134,7 +134,7 @@ def _write_child(args: argparse.Namespace) -> None:
     grid = Grid(5.0, 50.0, args.points)
     patterns, noise, library = synthetic_inputs(args.entries, grid)
     ratio = -(-args.spectra // args.entries)
-    import torch  # noqa: F401  (write_augmented imports it for the float16 cast: a start-up cost, not throughput)
+    import torch
 
     rss_inputs = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 A third of the 304 library entries (seeded) is withheld: the model is trained on the other
 two thirds only (the stored augmented spectra of the RRUFF profile, ``ratio`` per entry), its
-temperature and :class:`xrdid.calibration.NoveltyRule` are fitted on the validation spectra of
+temperature and :class:`xrdid.learn.calibration.NoveltyRule` are fitted on the validation spectra of
 those entries, and the 152 measured patterns are identified among them. Printed:
 
 * validation ECE before/after temperature scaling, and the same on the measured patterns whose
@@ -34,17 +34,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrdid.learn.calibration import REASONS, NoveltyRule, expected_calibration_error, fit_temperature, novelty_evidence, reliability_plot, softmax
-from xrdid.learn.inference import predict_logits
 from xrdid.config import load_params
-from xrdid.data.patterns import PatternSet
 from xrdid.data.measured_set import MeasuredSet
+from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import load_split
-from xrdid.xrd.preprocess import preprocess
-from xrdid.learn.models import build_model, load_model, save_model
+from xrdid.learn.calibration import (
+    REASONS,
+    NoveltyRule,
+    expected_calibration_error,
+    fit_temperature,
+    novelty_evidence,
+    reliability_plot,
+    softmax,
+)
 from xrdid.learn.datasets import ArrayDataset
-from xrdid.learn.train import TrainConfig, fit, seed_everything
+from xrdid.learn.inference import predict_logits
 from xrdid.learn.metrics import topk_accuracy
+from xrdid.learn.models import build_model, load_model, save_model
+from xrdid.learn.train import TrainConfig, fit, seed_everything
+from xrdid.xrd.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import numpy as np
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from tqdm import tqdm
 
-from xrdid.xrd.diffraction import reflections
-from xrdid.xrd.crystal import Crystal
 from xrdid.data.library import _parse_cif, core_mof_ids, iter_core_mof
+from xrdid.xrd.crystal import Crystal
+from xrdid.xrd.diffraction import reflections
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
-"""Time xrdid.synthetic against a straightforward implementation of the published procedure.
+"""Time xrdid.data.synthetic against a straightforward implementation of the published procedure.
 
 Renders the full 500-class benchmark (25,000 train + 5,000 val + 4,500 test spectra of 5,000
-points) twice in one process: with :func:`xrdid.synthetic.generate` and with a per-spectrum loop
+points) twice in one process: with :func:`xrdid.data.synthetic.generate` and with a per-spectrum loop
 (scalar random draws, ``scan[pos] = heights``, ``gaussian_filter1d(mode="constant")``, float64
 arrays, max-normalisation) as in the authors' ``spectra_from_config.py`` + training script. Prints
 both times, the ratio, the peak memory of ours and checks that the deterministic test splits agree.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append(time.perf_counter() - t0)
         del data
     t_ours = min(times)
-    print(f"xrdid.synthetic.generate: {t_ours:.2f} s best of {len(times)} ({', '.join(f'{t:.2f}' for t in times)})")
+    print(f"xrdid.data.synthetic.generate: {t_ours:.2f} s best of {len(times)} ({', '.join(f'{t:.2f}' for t in times)})")
 
     tracemalloc.start()
     data = ours(cfg)

@@ -2,7 +2,7 @@
 
 Both models run in this process on the same random batch (raw spectra, normalized as in
 ``fit``), taking turns step by step; a training step is forward + backward + Adam step with
-cross-entropy, as in :func:`xrdid.train.fit`. Prints spectra/s per model (median step) and
+cross-entropy, as in :func:`xrdid.learn.train.fit`. Prints spectra/s per model (median step) and
 the xrdnet/wang ratios. Usage::
 
     python benchmarks/train.py [--device cuda] [--n-points 4801] [--batch 128] [--classes 500]
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xrdid.learn.models import MODELS, _flops_hint, build_model, count_parameters
 from xrdid.learn.inference import normalize_rows
+from xrdid.learn.models import MODELS, _flops_hint, build_model, count_parameters
 
 
 def _sync(device: torch.device) -> None:

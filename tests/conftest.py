@@ -32,9 +32,19 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Send every test of the tiny pipeline to one xdist worker (``--dist loadgroup``), so the
+    session fixture below builds it once per session, not once per worker."""
+    for item in items:
+        if "registered_pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_pipeline"))
+
+
 @pytest.fixture(scope="session")
 def registered_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny pipeline run once through ``register``: its folder, params, store URI, registration."""
+    """The tiny pipeline run once through ``register``: its folder, params, store URI, registration.
+
+    Tests read it and may register further models in its store; none may change its outputs."""
     import json
 
     from _pipeline import run_pipeline, tiny_params

@@ -22,6 +22,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_config(4, 600, boundary=80, seed=3).to_json(tmp_path_factory.mktemp("cfg") / "tiny.json")
 
 
+@pytest.mark.slow
 def test_cli_writes_table_csv_summary_and_mlflow_runs(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

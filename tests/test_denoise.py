@@ -1,4 +1,4 @@
-"""FFT denoising (xrdid.denoise): the published rule, its units, the scale-free variant, `xrdid denoise`."""
+"""FFT denoising (xrdid.xrd.denoise): the published rule, its units, the scale-free variant, `xrdid denoise`."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_cli_denoise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 def test_cli_denoise_params_and_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("measured:\n  denoise: {cutoff: 150, threshold: 0.5, relative: true}\n")
+    params.write_text("denoise: {cutoff: 150, threshold: 0.5, relative: true}\n")
     path = tmp_path / "flat.xy"
     np.savetxt(path, np.column_stack([X, np.full(N, 100.0)]))
     assert main(["denoise", str(path), "--json", "--params", str(params)]) == 0

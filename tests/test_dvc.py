@@ -11,7 +11,7 @@ from _imports import SRC, closure, layer, modules
 
 REPO = SRC.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from profile_dvc import profile_dvc  # noqa: E402
+from profile_dvc import profile_dvc
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # Package facades carry no stage logic (a docstring, lazy names); depending on them would re-run everything.

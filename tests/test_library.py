@@ -91,6 +91,7 @@ def test_store_round_trip(cif_folder: Path, tmp_path: Path) -> None:
     assert stored.numbers.tolist() == direct.numbers.tolist()
 
 
+@pytest.mark.slow
 def test_core_mof_seeded_sample_is_repeatable(tmp_path: Path) -> None:
     params = {"source": "core-mof", "dataset": "2019-ASR", "select": 3, "seed": 5, "workers": 2}
     first = build_library(params, tmp_path / "a", progress=False)

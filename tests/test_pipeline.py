@@ -11,21 +11,22 @@ import pytest
 from _pipeline import run_pipeline, tiny_params
 
 
-def test_embedded_default_pipeline(tmp_path: Path) -> None:
-    metrics = run_pipeline(tmp_path, tiny_params(tmp_path))
+def test_embedded_default_pipeline(registered_pipeline: dict) -> None:
+    folder, metrics = registered_pipeline["dir"], registered_pipeline["metrics"]
     assert metrics["n_library"] == 4
     for method in ("cnn", "search_match", "naive_bayes", "knn"):
         table = metrics["validation"][method]
         assert 0 <= table["top1"] <= table["top5"] <= 1
     assert "measured" not in metrics  # no measured set in the embedded default
-    summary = json.loads((tmp_path / "models" / "summary.json").read_text())
+    summary = json.loads((folder / "models" / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["model"]["n_points"] == 876
-    assert (tmp_path / "plots" / "topk.png").stat().st_size > 1000
-    with open(tmp_path / "plots" / "topk.csv") as handle:
+    assert (folder / "plots" / "topk.png").stat().st_size > 1000
+    with open(folder / "plots" / "topk.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} >= {"cnn", "search_match"} and {r["k"] for r in rows} == {"1", "2", "3", "4", "5"}
 
 
+@pytest.mark.slow
 def test_ensemble_is_trained_registered_and_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from xrdid.learn.models import Ensemble, load_model
     from xrdid.ops.registry import load_identifier
@@ -45,16 +46,17 @@ def test_ensemble_is_trained_registered_and_served(tmp_path: Path, monkeypatch: 
     assert len(ranked) == 3 and sum(c["probability"] for c in ranked) <= 1 + 1e-6
 
 
-def test_same_seed_same_model(tmp_path: Path) -> None:
-    params = tiny_params(tmp_path)
-    first = run_pipeline(tmp_path / "a", params)
-    second = run_pipeline(tmp_path / "b", params)
+@pytest.mark.slow
+def test_same_seed_same_model(tmp_path: Path, registered_pipeline: dict) -> None:
+    first, first_dir = registered_pipeline["metrics"], registered_pipeline["dir"]
+    second = run_pipeline(tmp_path, tiny_params(tmp_path))  # same params, another folder and store
     assert first["validation"]["cnn"] == second["validation"]["cnn"]
-    a = np.load(tmp_path / "a" / "augmented" / "train" / "X.npy")
-    b = np.load(tmp_path / "b" / "augmented" / "train" / "X.npy")
+    a = np.load(first_dir / "augmented" / "train" / "X.npy")
+    b = np.load(tmp_path / "augmented" / "train" / "X.npy")
     assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.slow
 def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) -> None:
     rruff = shared_data / "rruff304"
     with open(rruff / "labels.csv") as handle:

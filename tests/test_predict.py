@@ -120,6 +120,7 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.slow
 def test_served_champion_answers_rest(store: dict, tmp_path: Path, shared_data: Path) -> None:
     """`mlflow models serve` on the champion: a real RRUFF pattern in, ranked ids out; bad payloads → 4xx."""
     identifier = load_identifier(CHAMPION)

@@ -1,4 +1,4 @@
-"""The universal synthetic benchmark generator (xrdid.synthetic) against the published procedure."""
+"""The universal synthetic benchmark generator (xrdid.data.synthetic) against the published procedure."""
 
 from __future__ import annotations
 
@@ -279,6 +279,19 @@ def test_cli_make_config_and_generate(tmp_path: Path, small: SyntheticConfig) ->
     write_dataset(small, tmp_path / "ds32", seed=3)
     X, _ = generate(small, "val", seed=3)
     assert np.load(tmp_path / "ds32" / "x_val.npy").tobytes() == X.tobytes()
+
+
+def test_cli_generate_reads_the_synthetic_section(tmp_path: Path, small: SyntheticConfig) -> None:
+    cfg_path = tmp_path / "cfg.json"
+    assert _run(["synthetic", "make-config", "--classes", "3", "--points", "500", "--boundary", "60",
+                 "--out", str(cfg_path)]) == 0
+    params = tmp_path / "params.yaml"
+    params.write_text(f"synthetic: {{config: {cfg_path}, out: {tmp_path / 'from-params'}, seed: 4}}\n")
+    assert _run(["synthetic", "generate", "--params", str(params)]) == 0
+    meta = json.loads((tmp_path / "from-params" / "meta.json").read_text())
+    assert meta["seed"] == 4 and meta["dtype"] == "float32"
+    assert _run(["synthetic", "generate", "--params", str(params), "--seed", "5", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "meta.json").read_text())["seed"] == 5  # the command line wins
 
 
 def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

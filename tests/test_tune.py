@@ -17,10 +17,10 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
-from xrdid.data.splits import split_sizes  # noqa: E402
-from xrdid.ops.tune import (  # noqa: E402
+from xrdid.data.splits import split_sizes
+from xrdid.ops.tune import (
     TuneSettings,
     make_pruner,
     ratio_rows,
@@ -132,6 +132,7 @@ class _PruneTrial(optuna.pruners.BasePruner):
         return trial.number == self.number
 
 
+@pytest.mark.slow
 def test_study_logs_mlflow_runs_plots_and_best_model(tmp_path: Path, torch_one_thread: None,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
@@ -252,6 +253,7 @@ def test_measured_objective(tmp_path: Path, torch_one_thread: None) -> None:
                   use_mlflow=False)
 
 
+@pytest.mark.slow
 def test_ablation_writes_csv_and_plot(tmp_path: Path, torch_one_thread: None,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from xrdid.cli import main
@@ -288,6 +290,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_and_retries_the_trial(tmp_path: Path) -> None:
     _augmented(tmp_path / "aug", ratio=20, n_points=512)
     # 500 epochs, no early stopping: the first trial is surely killed inside (after its first epoch)
@@ -332,6 +335,7 @@ def test_killed_worker_restarts_and_retries_the_trial(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="XRDID_TEST_POSTGRES_URL is unset: start a server with "
                                              "scripts/postgres.sh (`make test` does) and export its URL")
+@pytest.mark.slow
 def test_two_workers_share_a_postgres_study(tmp_path: Path) -> None:
     _augmented(tmp_path / "aug")
     params = _params(tmp_path, space={"ratio": 10, "epochs": 1, "conv_layers": {"low": 1, "high": 3}, "lr": 1e-3,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from xrdid.data.synthetic import SyntheticConfig
 from xrdid.errors import InputError
 from xrdid.ops.bench import (
+    DEFAULT_EXPERIMENT,
     DEFAULT_MODELS,
     PUBLISHED_EPOCHS,
     format_table,
@@ -17,7 +18,6 @@ from xrdid.ops.bench import (
     run_benchmark,
     summarize_rows,
 )
-from xrdid.ops.tracking import DEFAULT_EXPERIMENT
 from xrdid.stages.options import add_progress
 
 if TYPE_CHECKING:

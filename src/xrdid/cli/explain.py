@@ -1,4 +1,4 @@
-"""``xrdid nca``: the NCA map of measured patterns among the training classes."""
+"""``xrdid explain nca``: the NCA map of measured patterns among the training classes."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--seed", type=int, default=0)
     add_progress(q)
     q.set_defaults(func=_nca)
-
 
 
 def _nca(args: argparse.Namespace) -> int:

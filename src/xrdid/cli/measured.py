@@ -71,7 +71,7 @@ def _read(args: argparse.Namespace) -> int:
 def add_denoise(parser: argparse.ArgumentParser) -> None:
     """``xrdid denoise``: the FFT rule of Wang et al. 2020 on one measured pattern."""
     parser.description = ("Low-pass a measured pattern by FFT when the mean magnitude of its components past "
-                          "--cutoff exceeds --threshold. Defaults from params.yaml (measured.denoise) when present.")
+                          "--cutoff exceeds --threshold. Defaults from params.yaml (denoise) when present.")
     parser.add_argument("file", help="the pattern file")
     parser.add_argument("--cutoff", type=int, help="rfft components kept (published 200)")
     parser.add_argument("--threshold", type=float, help="noise level above which it is denoised")
@@ -90,12 +90,12 @@ def add_denoise(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """CLI options over params.yaml's ``measured.denoise`` over the published defaults."""
+    """CLI options over params.yaml's ``denoise`` over the published defaults."""
     settings: dict[str, Any] = {"cutoff": DEFAULT_CUTOFF, "threshold": DEFAULT_THRESHOLD, "relative": False,
                                 "detrend": True}
     if Path(args.params).is_file() or args.params != str(DEFAULT_PARAMS):
-        measured = load_params(args.params).get("measured") or {}
-        settings.update({k: v for k, v in (measured.get("denoise") or {}).items() if k in settings})
+        denoise = load_params(args.params).get("denoise") or {}
+        settings.update({k: v for k, v in denoise.items() if k in settings})
     for key in settings:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)

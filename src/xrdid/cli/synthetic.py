@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xrdid.config import DEFAULT_PARAMS, SyntheticSection, load_params
 from xrdid.data.synthetic import (
     SPLITS,
     Procedure,
@@ -17,6 +18,7 @@ from xrdid.data.synthetic import (
     write_dataset,
 )
 from xrdid.errors import InputError
+from xrdid.stages.options import add_params
 
 if TYPE_CHECKING:
     import argparse
@@ -28,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="synthetic_command", metavar="COMMAND", required=True)
 
     gen = sub.add_parser("generate", help="render train/val/test spectra of a class config into a folder")
-    gen.add_argument("--config", required=True, type=Path, help="class config JSON (e.g. dataset500.json)")
-    gen.add_argument("--out", required=True, type=Path, help="output folder: x_/y_{train,val,test}.npy, meta.json")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the train/val draws (default 0)")
-    gen.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of the spectra")
+    add_params(gen, "synthetic: the defaults of --config, --out, --seed and --dtype")
+    gen.add_argument("--config", type=Path, help="class config JSON (e.g. dataset500.json)")
+    gen.add_argument("--out", type=Path, help="output folder: x_/y_{train,val,test}.npy, meta.json")
+    gen.add_argument("--seed", type=int, help="seed of the train/val draws")
+    gen.add_argument("--dtype", choices=("float32", "float16"), help="dtype of the spectra")
     gen.add_argument("--chunk", type=int, default=None, help="spectra rendered at a time (memory bound)")
     gen.add_argument(
         "--no-special-cases",
@@ -53,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    # a params file named on the command line must exist; the default one may be absent
+    explicit = args.params != DEFAULT_PARAMS.name
+    section = load_params(args.params, "synthetic") if explicit or Path(args.params).is_file() else \
+        SyntheticSection().to_dict()
+    for key in ("config", "out", "seed", "dtype"):
+        if getattr(args, key) is None:
+            setattr(args, key, Path(section[key]) if key in ("config", "out") else section[key])
     config = SyntheticConfig.from_json(args.config)
     proc = Procedure() if args.no_special_cases else procedure_for(config)
     if args.seed < 0 or (args.chunk is not None and args.chunk < 1):

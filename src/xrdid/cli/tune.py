@@ -69,7 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], TuneSettings]:
     import torch
 
-
     params = load_params(args.params)
     try:
         settings = TuneSettings.from_params(params.get("tune"))
@@ -108,7 +107,6 @@ def _print_summary(study: optuna.Study) -> None:
 
 def _ablation(args: argparse.Namespace) -> int:
     import yaml
-
 
     params, _ = _setup(args)
     base = {}

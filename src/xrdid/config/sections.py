@@ -37,7 +37,6 @@ __all__ = [
     "EvaluateSection",
     "GridSection",
     "LibrarySection",
-    "MeasuredSection",
     "ModelSection",
     "NoiseSection",
     "Params",
@@ -319,21 +318,13 @@ class SyntheticSection(_Section):
 
 @dataclass(frozen=True)
 class DenoiseSection(_Section):
-    """``measured.denoise``: the FFT rule of Wang et al. 2020."""
+    """``denoise``: the FFT rule of Wang et al. 2020, shared by ``xrdid denoise`` and ``evaluate``."""
 
-    _key = "measured.denoise"
+    _key = "denoise"
     cutoff: int = _f(200, ge=1)
     threshold: float = _f(0.02, ge=0)
     relative: bool = True
     detrend: bool = True
-
-
-@dataclass(frozen=True)
-class MeasuredSection(_Section):
-    """``measured``: reading and denoising measured patterns."""
-
-    _key = "measured"
-    denoise: DenoiseSection = field(default_factory=DenoiseSection)
 
 
 @dataclass(frozen=True)
@@ -543,7 +534,7 @@ class Params(_Section):
     library: LibrarySection = field(default_factory=LibrarySection)
     simulate: SimulateSection = field(default_factory=SimulateSection)
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
-    measured: MeasuredSection = field(default_factory=MeasuredSection)
+    denoise: DenoiseSection = field(default_factory=DenoiseSection)
     noise: NoiseSection = field(default_factory=NoiseSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     model: ModelSection = field(default_factory=ModelSection)

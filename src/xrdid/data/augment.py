@@ -1,7 +1,9 @@
-"""Stage ``augment``: realistic synthetic spectra from simulated reflections and the noise bank.
+"""Augmentation: realistic synthetic spectra from simulated reflections and the noise bank.
+
+The ``augment`` stage (:mod:`xrdid.stages.augment`) writes the datasets built here.
 
 Every spectrum starts from the reflections of one library entry (the ``simulate`` stage's
-:class:`~xrdid.diffraction.PatternSet`), varied the way measured patterns differ from simulated
+:class:`~xrdid.data.patterns.PatternSet`), varied the way measured patterns differ from simulated
 ones, drawn as a profile, cut down to its main peaks and merged with measured noise:
 
 1. **reflections**: the strongest ``max_peaks`` reflections of the entry (200 by default; weaker
@@ -26,7 +28,7 @@ ones, drawn as a profile, cut down to its main peaks and merged with measured no
    for a crystallite size L drawn per spectrum (``crystallite_size``). The transforms are exact
    (uncut Lorentzian tails); each stick is spread over its 3 nearest points by a quadratic
    B-spline whose transform is divided out, so the profile matches
-   :func:`xrdid.profiles.render` to ~0.3 % of the strongest peak even at 5 points per FWHM. One
+   :func:`xrdid.xrd.profiles.render` to ~0.3 % of the strongest peak even at 5 points per FWHM. One
    width per spectrum and band: the widths at the intensity-weighted mean 2θ of each of
    ``width_bands`` bands of the grid (one band: the Scherrer width is within 5 % on 2–50°);
 7. **merge** (Wang et al. 2020): the ``main_points`` largest points of the profile are kept (ties
@@ -176,7 +178,7 @@ def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class Augmenter:
-    """Draws augmented spectra of the entries of a :class:`~xrdid.diffraction.PatternSet`.
+    """Draws augmented spectra of the entries of a :class:`~xrdid.data.patterns.PatternSet`.
 
     Build it with :meth:`from_params`; see the module notes for what is varied and how.
 
@@ -694,7 +696,6 @@ def load_noise_bank(folder: str | Path, grid: Grid | None = None) -> np.ndarray:
     return noise
 
 
-
 def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library: Library | None,
                     out: str | Path, params: dict[str, Any] | None = None, progress: bool = True,
                     sources: dict[str, str] | None = None) -> dict[str, Any]:
@@ -806,9 +807,3 @@ def _write_chunk(fh: Any, item: tuple[int, Any], offset: int, row_bytes: int, ba
     fh.seek(offset + start * row_bytes)
     fh.write(np.ascontiguousarray(chunk).data)
     bar.update(len(chunk))
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-

@@ -1,4 +1,4 @@
-"""The CIF library: the ``library`` stage and the compact crystal store.
+"""The CIF library and its compact crystal store (built by the ``library`` stage).
 
 Sources are the CoRE MOF datasets shipped by the ``core-mof`` package (read in
 one streaming pass over its ``.tar.xz``) or any folder of CIFs. Each CIF is
@@ -363,12 +363,11 @@ class _NoPool:
         return None
 
     @staticmethod
-    def imap(func, iterable, chunksize: int = 1):  # noqa: ANN001, ANN205
+    def imap(func, iterable, chunksize: int = 1):
         return map(func, iterable)
 
 
 # --------------------------------------------------------------------------- CLI
-
 
 
 def read_rejects(folder: str | Path) -> pd.DataFrame:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from xrdid.config import Grid
 
 
-
 log = logging.getLogger(__name__)
 @dataclass
 class MeasuredSet:
@@ -59,7 +58,7 @@ class MeasuredSet:
         """Read every pattern listed in ``labels`` (columns ``pattern``, ``cif``, optional ``source``).
 
         ``pattern`` is relative to the labels file's folder or to ``folder``; ``cif``'s stem is
-        the library id. ``denoise`` (the ``measured.denoise`` params) applies the FFT rule.
+        the library id. ``denoise`` (the ``denoise`` params) applies the FFT rule.
         """
         labels = Path(labels)
         if not labels.is_file():

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from xrdid.xrd.diffraction import Reflections, SimulationSettings
 
 
-
 log = logging.getLogger(__name__)
 @dataclass
 class PatternSet:

@@ -615,8 +615,10 @@ def write_dataset(
 
     Examples
     --------
-    >>> write_dataset(make_config(3, 400, boundary=60), "/tmp/syn")  # doctest: +SKIP
-    PosixPath('/tmp/syn')
+    >>> import tempfile, json
+    >>> out = write_dataset(make_config(3, 400, boundary=60), tempfile.mkdtemp())
+    >>> sorted(p.name for p in out.iterdir())[:3]
+    ['meta.json', 'x_test.npy', 'x_train.npy']
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
@@ -723,6 +725,3 @@ def make_config(
 
 # ---------------------------------------------------------------------------------------------
 # command line
-
-
-

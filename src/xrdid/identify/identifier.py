@@ -207,7 +207,7 @@ class Identifier:
     def _rank_probabilities(self, probs: np.ndarray, top: int) -> list[list[dict[str, Any]]]:
         """The ``top`` best candidates of each row: ``{"id", "formula", "probability"}``, best first.
 
-        Entries of one material (see :func:`xrdid.library.material_groups`) are ranked as one
+        Entries of one material (see :func:`xrdid.data.library.material_groups`) are ranked as one
         candidate: its most probable entry's id, the group's summed probability, and the other
         entries under ``aliases``. A candidate whose structure has overlapping atoms (library
         ``overlaps``) carries ``"unreliable_intensities": True``.
@@ -247,7 +247,7 @@ class Identifier:
         """Ranked candidates of each row with the not-in-library verdict.
 
         Each result is ``{"candidates", "in_library", "warnings"}``: ``in_library`` is False when
-        the identifier's :class:`~xrdid.calibration.NoveltyRule` flags the pattern (unsure network,
+        the identifier's :class:`~xrdid.learn.calibration.NoveltyRule` flags the pattern (unsure network,
         peaks that match no entry, or no diffraction signal: a blank holder), and ``warnings``
         says why, plus a note when the scan covers little of the grid. Without a stored rule
         (or simulated patterns) ``in_library`` is None.
@@ -282,7 +282,7 @@ class Identifier:
         return self._profiles
 
     def patterns(self) -> Any:
-        """The library's :class:`~xrdid.diffraction.PatternSet` stored with the identifier."""
+        """The library's :class:`~xrdid.data.patterns.PatternSet` stored with the identifier."""
 
         if self._patterns is None:  # loaded once: explanations of a batch all draw from it
             if self.folder is None:
@@ -334,7 +334,6 @@ class Identifier:
         return summary
 
 
-
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given, and the measured-pattern files inside any folder (sorted, recursive)."""
     files: list[Path] = []
@@ -344,9 +343,3 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             files.append(item)
     return files
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-

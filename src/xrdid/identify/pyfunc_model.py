@@ -1,4 +1,4 @@
-"""The MLflow pyfunc flavour of an :class:`xrdid.predict.Identifier`, logged as model code.
+"""The MLflow pyfunc flavour of an :class:`xrdid.identify.identifier.Identifier`, logged as model code.
 
 MLflow stores this file with the model and runs it on load ("models from code"), so nothing is
 pickled: the network is rebuilt from the safetensors config in the ``identifier`` artifact.

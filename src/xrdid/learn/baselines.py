@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from xrdid.config import Grid
 
 
-
 log = logging.getLogger(__name__)
 def search_match(
     X: np.ndarray,

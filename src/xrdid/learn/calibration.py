@@ -5,7 +5,7 @@ holder or a material the library lacks. This module provides
 
 * :func:`fit_temperature` / :func:`softmax`: one temperature ``T`` fitted on validation logits
   (Guo et al. 2017), so that ``softmax(logits / T)`` is calibrated; :func:`predict_logits`
-  gives the logits of a model exactly as :func:`xrdid.train.predict_proba` sees the spectra;
+  gives the logits of a model exactly as :func:`xrdid.learn.inference.predict_proba` sees the spectra;
 * :func:`expected_calibration_error` and :func:`reliability_plot` to check it;
 * :class:`NoveltyRule`: flags a prediction as *not in the library* (or not a diffraction
   pattern at all) from four pieces of :class:`Evidence` (:func:`novelty_evidence`): the
@@ -69,7 +69,6 @@ REASONS = ("probability", "cosine", "library", "signal")
 
 
 # --------------------------------------------------------------------------- temperature scaling
-
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -163,7 +162,14 @@ def reliability_plot(
 
     Examples
     --------
-    >>> reliability_plot({"raw": p, "calibrated": p_cal}, y_val, "reliability.png")  # doctest: +SKIP
+    >>> import tempfile
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.dirichlet(np.ones(4), size=200)
+    >>> y = rng.integers(0, 4, 200)
+    >>> path = Path(tempfile.mkdtemp()) / "reliability.png"
+    >>> reliability_plot({"raw": p, "T = 2": p ** 0.5 / (p ** 0.5).sum(1, keepdims=True)}, y, path)
+    >>> path.stat().st_size > 0
+    True
     """
     import matplotlib
 
@@ -199,7 +205,6 @@ def reliability_plot(
 
 
 # --------------------------------------------------------------------------- not-in-library evidence
-
 
 
 def peak_fraction(X: np.ndarray, covered: np.ndarray | None, grid: Grid, width: float = 1.5) -> np.ndarray:
@@ -244,7 +249,7 @@ def candidate_cosine(
     grid: Grid,
     smooth: float = 0.05,
 ) -> np.ndarray:
-    """:func:`xrdid.evaluate.search_match` cosine of each row against its own candidates only.
+    """:func:`xrdid.learn.baselines.search_match` cosine of each row against its own candidates only.
 
     ``candidates`` is ``(n,)`` or ``(n, k)`` library indices; the result has its shape. Only
     the distinct candidates' profiles are compared (not the whole library).
@@ -313,7 +318,7 @@ def novelty_evidence(
 ) -> Evidence:
     """Collect the :class:`Evidence` of patterns ``X`` given their probabilities.
 
-    The patterns are search-matched against the whole library (:func:`xrdid.evaluate.search_match`,
+    The patterns are search-matched against the whole library (:func:`xrdid.learn.baselines.search_match`,
     ``batch_size`` rows at a time): the top candidate's cosine and the best cosine come from the
     same comparison. That costs about a second per batch for a 12,000-entry library at 4801
     points; fit a rule on a few thousand validation spectra, not on all of them.
@@ -338,7 +343,6 @@ def novelty_evidence(
     (1, 0.0, 2, 1.0)
     """
     from tqdm.auto import tqdm
-
 
     probs = np.asarray(probs)
     X = np.array(X, dtype=np.float64, ndmin=2)

@@ -157,4 +157,3 @@ def _prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
 
 def _as_source(data: BatchSource | tuple[np.ndarray, np.ndarray]) -> BatchSource:
     return ArrayDataset(*data) if isinstance(data, tuple) else data
-

@@ -85,8 +85,6 @@ TOP_K = (1, 2, 3, 4, 5)
 
 def topk_table(scores: np.ndarray, y: np.ndarray, groups: list[str] | None = None) -> dict[str, Any]:
     """Top-1..5 of ``scores`` against ``y`` (rows with y = -1 excluded), overall and per group."""
-    from xrdid.learn.metrics import topk_accuracy
-
     y = np.asarray(y)
     known = y >= 0
     table: dict[str, Any] = {f"top{k}": v for k, v in topk_accuracy(scores[known], y[known], TOP_K).items()}

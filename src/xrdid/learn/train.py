@@ -58,11 +58,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- data
-
-
-
-
 # --------------------------------------------------------------------------- config and history
 
 
@@ -160,7 +155,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
     ``deterministic`` also calls ``torch.use_deterministic_algorithms(True, warn_only=True)``
     and sets ``CUBLAS_WORKSPACE_CONFIG`` (effective only before CUDA's first use). Call it
-    before :func:`~xrdid.models.build_model` so the initial weights are reproducible.
+    before :func:`~xrdid.learn.models.registry.build_model` so the initial weights are reproducible.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -239,7 +234,7 @@ def fit(
 
     Examples
     --------
-    >>> from xrdid.models import build_model
+    >>> from xrdid.learn.models import build_model
     >>> rng = np.random.default_rng(0)
     >>> X, y = rng.random((64, 256)).astype(np.float32), rng.integers(0, 2, 64)
     >>> h = fit(build_model("xrdnet", 256, 2), (X, y), (X, y), epochs=2, progress=False)
@@ -364,10 +359,6 @@ def _save_checkpoint(
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
-# --------------------------------------------------------------------------- prediction and scoring
-
-
-
 # --------------------------------------------------------------------------- multi-seed helpers
 
 
@@ -396,10 +387,3 @@ def parse_seeds(spec: str | int) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seed list {spec!r} repeats a seed")
     return seeds
-
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-

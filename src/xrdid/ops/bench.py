@@ -1,9 +1,9 @@
 """The universal synthetic spectra benchmark (Schuetzke et al. 2023), run over the model zoo.
 
 For one class config (``dataset500.json``, ``challenge27.json`` or any made with
-:func:`xrdid.synthetic.make_config`) the train / validation / test spectra are generated once
-(:func:`xrdid.synthetic.generate`) and every requested model is trained on them once per seed
-with the published settings (:class:`xrdid.train.TrainConfig` defaults: Adam 3e-4, batch 128,
+:func:`xrdid.data.synthetic.make_config`) the train / validation / test spectra are generated once
+(:func:`xrdid.data.synthetic.generate`) and every requested model is trained on them once per seed
+with the published settings (:class:`xrdid.learn.train.TrainConfig` defaults: Adam 3e-4, batch 128,
 early stopping on the validation loss with patience 25 and min_delta 1e-4 restoring the best
 weights, learning rate × 0.1 after 10 epochs without improvement, at most 500 epochs). The
 score is the published one: misclassified test spectra out of the test set (4500 for the
@@ -16,7 +16,7 @@ after every run so an interrupted benchmark keeps what it finished), ``OUT/summa
 
 Examples
 --------
->>> from xrdid.synthetic import make_config
+>>> from xrdid.data.synthetic import make_config
 >>> rows = run_benchmark(make_config(3, 400, boundary=60), ["xrdnet"], "0", epochs=1,
 ...                      progress=False, tracking=False)  # doctest: +SKIP
 >>> rows[0]["model"], rows[0]["n_test"]  # doctest: +SKIP
@@ -99,8 +99,8 @@ def run_benchmark(
 
     Parameters
     ----------
-    config : a :class:`~xrdid.synthetic.SyntheticConfig` or the path of its JSON file.
-    models : model names of :data:`xrdid.models.MODELS` (a list or ``"cnn6,xrdnet"``).
+    config : a :class:`~xrdid.data.synthetic.SyntheticConfig` or the path of its JSON file.
+    models : model names of :data:`xrdid.learn.models.registry.MODELS` (a list or ``"cnn6,xrdnet"``).
     seeds : seeds of the weight initialisation and batch order (a list, ``"0-4"`` or an int).
     epochs : maximum epochs per run (default: the published 500); early stopping always applies.
     n_classes : keep only the first ``n_classes`` classes (reduced runs); the published
@@ -112,7 +112,7 @@ def run_benchmark(
         (the per-epoch histories); None writes nothing.
     progress : a tqdm bar over the runs (epoch and validation loss in its postfix).
     tracking : log to MLflow: a parent run for the invocation, a nested run per (model, seed).
-    tracking_uri, experiment : MLflow store (see :func:`xrdid.tracking.configure`) and experiment.
+    tracking_uri, experiment : MLflow store (see :func:`xrdid.ops.tracking.configure`) and experiment.
 
     Returns
     -------
@@ -129,7 +129,7 @@ def run_benchmark(
 
     Examples
     --------
-    >>> from xrdid.synthetic import make_config
+    >>> from xrdid.data.synthetic import make_config
     >>> rows = run_benchmark(make_config(3, 400, boundary=60), "xrdnet", [0], epochs=1,
     ...                      progress=False, tracking=False)  # doctest: +SKIP
     >>> [(r["model"], r["seed"], r["n_test"]) for r in rows]  # doctest: +SKIP
@@ -148,7 +148,6 @@ def run_benchmark(
     config, procedure = _subset(config, n_classes)
 
     import torch
-
 
     used_device = str(_pick_device(device))
     t0 = time.perf_counter()
@@ -433,7 +432,6 @@ def _commit() -> str:
 def _start_parent(info: Mapping[str, Any], uri: str | None, experiment: str) -> Any:
     import mlflow
 
-
     experiment_id = tracking.configure(uri, experiment)
     name = f"synthetic-{info['n_classes']}c-{info['config_fingerprint'][:8]}"
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=mlflow.active_run() is not None)
@@ -478,9 +476,3 @@ def _finish_parent(summary: Mapping[str, Mapping[str, Any]], out: Path | None) -
     if out is not None:
         for artifact in ("results.csv", "summary.json", "results.md"):
             mlflow.log_artifact(str(out / artifact))
-
-
-# --------------------------------------------------------------------------- command line
-
-
-

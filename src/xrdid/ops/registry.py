@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 
@@ -176,7 +175,6 @@ def download_identifier(uri: str, target: str | Path) -> Path:
     """
     import mlflow
     from mlflow.exceptions import MlflowException
-
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(resolve_uri())

@@ -130,13 +130,3 @@ def dvc_hashes(lock: str | Path = "dvc.lock") -> dict[str, str]:
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     return {out["path"]: out.get("md5", "") for stage in stages.values() for out in stage.get("outs", [])}
-
-
-# --------------------------------------------------------------------------- models and the registry
-
-
-# --------------------------------------------------------------------------- the register stage
-
-
-
-

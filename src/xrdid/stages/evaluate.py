@@ -48,13 +48,7 @@ from xrdid.xrd.denoise import fft_denoise
 if TYPE_CHECKING:
     import argparse
 
-    from xrdid.data.patterns import PatternSet
-
 log = logging.getLogger(__name__)
-
-
-
-# --------------------------------------------------------------------------- classical baselines
 
 
 # --------------------------------------------------------------------------- plots
@@ -109,7 +103,6 @@ def plot_match(
 # --------------------------------------------------------------------------- the stage
 
 
-
 def run(
     params: dict[str, Any],
     model_path: str | Path,
@@ -126,7 +119,7 @@ def run(
     ``evaluate.measured.labels`` names a labels file that exists; a configured but absent one
     is logged and skipped, so the embedded default runs anywhere. With ``library_dir`` the
     measured set is also scored per material (``measured_material``): entries that
-    :func:`xrdid.library.material_groups` joins count as one answer, and ``plots/materials.csv``
+    :func:`xrdid.data.library.material_groups` joins count as one answer, and ``plots/materials.csv``
     lists them.
     """
 
@@ -162,7 +155,7 @@ def run(
         results: dict[str, Any] = {}
         cnn = predict_proba(model, test.X)
         results["cnn"] = topk_table(cnn, test.y, test.sources)
-        denoise = (params.get("measured") or {}).get("denoise")
+        denoise = params.get("denoise")
         if denoise:
 
             denoised = np.asarray(fft_denoise(test.X, **denoise).values, dtype=np.float32)
@@ -213,7 +206,6 @@ def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns:
         np.maximum.at(best, (slice(None), group), s)
         tables[method] = topk_table(best, y, test.sources)
     return {"n_materials": len(names), "measured_material": tables}
-
 
 
 def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
@@ -270,7 +262,7 @@ def _write_measured_plots(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_params(parser, "evaluate, measured")
+    add_params(parser, "evaluate, denoise")
     parser.add_argument("--model", default="models/model.safetensors", help="trained model (safetensors)")
     add_stage_inputs(parser, "patterns", "augmented")
     parser.add_argument("--metrics", default="metrics.json", help="metrics output")

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-
 log = logging.getLogger(__name__)
 def run(
     params: Mapping[str, Any],
@@ -61,7 +60,6 @@ def run(
     plots and the model; the new registry version competes for ``champion`` (:func:`register`).
     """
     import mlflow
-
 
     section = params.get("tracking") or {}
     configure_from_params(params)
@@ -110,7 +108,6 @@ def _calibrate(model: Any, ids: list[str], params: Mapping[str, Any], augmented_
     """
     import mlflow
 
-
     settings = params.get("register") or {}
     X_val, y_val = load_split(augmented_dir, "val")
     rng = np.random.default_rng(int(settings.get("seed", 0)))
@@ -139,7 +136,6 @@ def _calibrate(model: Any, ids: list[str], params: Mapping[str, Any], augmented_
 def _log_nca(params: Mapping[str, Any], models_dir: Path, patterns_dir: str | Path, augmented_dir: str | Path) -> None:
     """The NCA map of the measured test patterns, as an artifact of the run."""
     import mlflow
-
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "nca.png"

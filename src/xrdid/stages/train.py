@@ -97,7 +97,7 @@ def train_model(
 
 
 def write_ensemble(member_dirs: list[Path], augmented_dir: str | Path, out_dir: str | Path) -> nn.Module:
-    """Join models trained by :func:`train_model` into one :class:`~xrdid.models.Ensemble` in ``out_dir``.
+    """Join models trained by :func:`train_model` into one :class:`~xrdid.learn.models.ensemble.Ensemble` in ``out_dir``.
 
     Writes ``model.safetensors`` (the members' weights, the first member's ids and grid),
     ``summary.json`` (validation Top-k of the ensemble; seconds and epochs summed over the

@@ -20,7 +20,7 @@ components" are rfft components 0..199, i.e. frequencies below 200 cycles per sc
   degree are broadened, and their own spectrum also reaches beyond the cutoff and counts as
   "noise".
 - ``relative=True`` is the scale-free variant the pipeline uses (``params.yaml``,
-  ``measured.denoise``): the level is the white-noise σ estimated from the same components,
+  ``denoise``): the level is the white-noise σ estimated from the same components,
   ``mean|X_k| · 2 / √(πN)``, divided by the pattern's maximum |intensity| — the noise standard
   deviation as a fraction of the strongest point, independent of N and of the intensity unit.
 
@@ -48,10 +48,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    pass
-
-# Published values (Wang et al. 2020); the pipeline's own live in params.yaml (measured.denoise).
+# Published values (Wang et al. 2020); the pipeline's own live in params.yaml (denoise).
 DEFAULT_CUTOFF = 200
 DEFAULT_THRESHOLD = 1.0
 _DETREND_POINTS = 10
@@ -171,9 +168,3 @@ def _level(spectrum: np.ndarray, rows: np.ndarray, cutoff: int, relative: bool, 
         peak = np.abs(rows).max(axis=1)
         level = np.divide(sigma, peak, out=np.zeros_like(sigma), where=peak > 0)
     return float(level[0]) if single else level
-
-
-# ---------------------------------------------------------------- CLI
-
-
-

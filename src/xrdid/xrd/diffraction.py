@@ -1,4 +1,4 @@
-"""Powder diffraction: reflections of a crystal and the ``simulate`` stage.
+"""Powder diffraction: the reflections of a crystal (used by the ``simulate`` stage).
 
 The engine follows pymatgen's ``XRDCalculator`` physics (same atomic
 scattering factors, Lorentz-polarisation factor and peak merging) but sums
@@ -9,7 +9,7 @@ matrix products, or, for the largest cells, by one non-uniform FFT
 
 Examples
 --------
->>> from xrdid.library import Crystal
+>>> from xrdid.xrd.crystal import Crystal
 >>> import numpy as np
 >>> nacl = Crystal("NaCl", 5.64 * np.eye(3), np.array([11, 11, 11, 11, 17, 17, 17, 17]),
 ...                np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
@@ -519,10 +519,3 @@ def simulate_one(crystal: Crystal, settings: SimulationSettings) -> tuple[Reflec
     profile = render(positions, heights, grid, fwhm, shape=settings.profile, eta=settings.eta)
     peak = profile.max()
     return refl, (profile / peak if peak > 0 else profile).astype(np.float32)
-
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-

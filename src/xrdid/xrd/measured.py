@@ -41,9 +41,6 @@ from pymatgen.analysis.diffraction.xrd import WAVELENGTHS
 from xrdid.config import Grid
 from xrdid.errors import InputError
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".xy", ".xye", ".xyd", ".txt", ".csv", ".dat")
@@ -446,9 +443,3 @@ def _bin_mean(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (integral(b) - integral(a)) / width
     return np.where(width > 0, mean, np.interp(a, x, y))
-
-
-# ---------------------------------------------------------------- CLI
-
-
-

@@ -1,7 +1,7 @@
-"""Stage ``noise``: a bank of background + noise rows on the model grid.
+"""The noise bank: background + noise rows on the model grid (built by the ``noise`` stage).
 
 Wang et al. (2020) made simulated patterns realistic by merging their main peaks with the
-baseline of measured patterns whose main peaks had been removed. This stage builds that bank.
+baseline of measured patterns whose main peaks had been removed; this module builds that bank.
 
 From measured patterns (``noise.folder``, searched recursively), each file is split into
 background, noise and peaks (:func:`separate`):
@@ -68,9 +68,6 @@ from tqdm import tqdm
 from xrdid.config import Grid
 from xrdid.errors import InputError
 from xrdid.xrd.measured import SUPPORTED_SUFFIXES, Pattern, wavelength_angstrom
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -467,9 +464,3 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------- CLI
-
-
-

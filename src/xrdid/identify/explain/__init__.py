@@ -19,15 +19,7 @@ The pieces build on one another:
 Heavy libraries (torch, matplotlib, scikit-learn, jinja2) are imported only when a function
 needs them, so importing this package stays cheap.
 
-Examples
---------
->>> import numpy as np
->>> from xrdid.learn.models import build_model
->>> model = build_model("wang", 256, 3, conv_layers=2)
->>> grad_cam(model, np.random.default_rng(0).random((2, 256))).shape
-(2, 256)
->>> features(model, np.random.default_rng(0).random((2, 256))).shape
-(2, 84)
+See :mod:`~xrdid.identify.explain.cam` for a runnable example.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def storage_url(url: str) -> str:
 
     Examples
     --------
-    >>> storage_url("postgresql://u:p@db:5432/xrdid")  # with psycopg2, without psycopg  # doctest: +SKIP
+    >>> storage_url("postgresql://u:p@db:5432/xrdid")  # with psycopg2, without psycopg
     'postgresql+psycopg2://u:p@db:5432/xrdid'
     >>> storage_url("postgresql+psycopg2://u:p@db:5432/xrdid")  # a driver named: unchanged
     'postgresql+psycopg2://u:p@db:5432/xrdid'
