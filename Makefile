@@ -9,10 +9,10 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff ui clean
+.PHONY: help venv run repro test test-fast bench rruff236 rruff ui clean
 
 help: ## show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -57,5 +57,7 @@ ui: venv ## open the MLflow UI on the tracking store (sqlite:///mlruns/mlflow.db
 clean: ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/library data/patterns data/noise_bank data/augmented
 
-rruff: venv ## run the RRUFF-304 profile (needs ../shared/data): real noise, 152 measured test patterns
-	cd pipelines/rruff && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
+rruff236: venv ## run the RRUFF-236 profile (needs ../shared/data): real noise, 118 measured test patterns
+	cd pipelines/rruff236 && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
+
+rruff: rruff236 ## alias of rruff236

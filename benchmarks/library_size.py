@@ -1,8 +1,8 @@
-"""Top-1..5 on the 152 RRUFF-304 measured patterns against library size.
+"""Top-1..5 on the 118 RRUFF-236 measured patterns against library size.
 
-The library is the 304 RRUFF-304 CIFs plus ``N`` distractors: CoRE MOF 2019-ASR structures drawn
+The library is the 236 RRUFF-236 CIFs plus ``N`` distractors: CoRE MOF 2019-ASR structures drawn
 with a seed (the paper grew its library from 189 to 1012 entries and kept 96.7 % Top-5). For each
-size the RRUFF profile's pipeline (``pipelines/rruff/params.yaml``, overridable below) runs
+size the RRUFF profile's pipeline (``pipelines/rruff236/params.yaml``, overridable below) runs
 library → simulate → augment → train → evaluate through the CLI; the noise bank is built once.
 Each size is trained once per seed; prints the mean ± std table, writes ``library_size.csv`` (one
 row per size, method and seed) and ``library_size.png`` in ``--out``.
@@ -53,8 +53,9 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load((REPO / "pipelines" / "rruff" / "params.yaml").read_text())
-    rruff = SHARED_DATA / "rruff304"
+    params = yaml.safe_load((REPO / "pipelines" / "rruff236" / "params.yaml").read_text())
+    params["extends"] = str(REPO / "params.yaml")  # absolute: the overlay is rewritten under --out
+    rruff = SHARED_DATA / "rruff236"
     params["augment"]["ratio"] = args.ratio
     params["train"]["epochs"] = args.epochs
     if args.fresh is not None:
@@ -151,8 +152,8 @@ def _plot(summary: list[dict], path: Path) -> None:
         for k, alpha in ((1, 1.0), (5, 0.4)):
             ax.errorbar(sizes, [r[f"top{k}"] for r in sel], yerr=[r[f"top{k}_std"] for r in sel], fmt=style,
                         color=color, alpha=alpha, capsize=3, label=f"{method} Top-{k}")
-    ax.set(xlabel="library entries (304 RRUFF-304 + CoRE MOF distractors)",
-           ylabel="accuracy on 152 measured (mean ± std over seeds)", ylim=(0.5, 1.0),
+    ax.set(xlabel="library entries (236 RRUFF-236 + CoRE MOF distractors)",
+           ylabel="accuracy on 118 measured (mean ± std over seeds)", ylim=(0.5, 1.0),
            title="Accuracy against library size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -1,18 +1,18 @@
-"""Open-set identification on RRUFF-304: calibration and the not-in-library rule on real patterns.
+"""Open-set identification on RRUFF-236: calibration and the not-in-library rule on real patterns.
 
-A third of the 304 library entries (seeded) is withheld: the model is trained on the other
+A third of the 236 library entries (seeded) is withheld: the model is trained on the other
 two thirds only (the stored augmented spectra of the RRUFF profile, ``ratio`` per entry), its
 temperature and :class:`xrdid.learn.calibration.NoveltyRule` are fitted on the validation spectra of
-those entries, and the 152 measured patterns are identified among them. Printed:
+those entries, and the 118 measured patterns are identified among them. Printed:
 
 * validation ECE before/after temperature scaling, and the same on the measured patterns whose
   material is in the library (out of sample);
 * in-library patterns: Top-1/Top-5 and the fraction wrongly flagged as not in the library;
-* withheld patterns: the fraction correctly flagged; per criterion and source (RRUFF/opXRD);
+* withheld patterns: the fraction correctly flagged; per criterion and source (labels.csv);
 * the trade-off at other false-flag budgets (the rule refitted, the model unchanged);
 * the seven blank-holder scans of ``../shared/data/noise/blanks``: how many are flagged.
 
-Needs the RRUFF profile's data (``cd pipelines/rruff && dvc repro augment``). Usage, one
+Needs the RRUFF profile's data (``cd pipelines/rruff236 && dvc repro augment``). Usage, one
 thread on a shared machine::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/open_set.py [--seed 0] [--epochs 12] [--ratio 40]
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=int, default=40, help="augmented training spectra per entry (<= stored)")
     ap.add_argument("--withhold", type=float, default=1 / 3, help="fraction of the library withheld")
     ap.add_argument("--rate", type=float, default=0.1, help="false-flag budget on validation")
-    ap.add_argument("--pipeline", default=str(REPO / "pipelines" / "rruff"), help="the RRUFF profile folder")
+    ap.add_argument("--pipeline", default=str(REPO / "pipelines" / "rruff236"), help="the RRUFF profile folder")
     ap.add_argument("--blanks", default=str(REPO.parent / "shared" / "data" / "noise" / "blanks"))
     ap.add_argument("--out", default="/tmp/xrdid-open-set")
     ap.add_argument("--reuse", action="store_true", help="load OUT/model.safetensors instead of training")

@@ -12,8 +12,8 @@ weights) with the library size and grid of a profile, then times in one process:
 
 Usage::
 
-    python benchmarks/predict.py [--model xrdnet] [--n-points 1626] [--classes 304] [--n 2000]
-                                 [--threads 2] [--files ../shared/data/rruff304/patterns]
+    python benchmarks/predict.py [--model xrdnet] [--n-points 2125] [--classes 236] [--n 2000]
+                                 [--threads 2] [--files ../shared/data/rruff236/patterns]
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from xrdid.learn.models import build_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="xrdnet")
-    parser.add_argument("--n-points", type=int, default=1626, help="grid points (RRUFF profile: 1626)")
-    parser.add_argument("--two-theta", type=float, nargs=2, default=(5.0, 70.0))
-    parser.add_argument("--classes", type=int, default=304, help="library entries")
+    parser.add_argument("--n-points", type=int, default=2125, help="grid points (RRUFF-236 profile: 2125)")
+    parser.add_argument("--two-theta", type=float, nargs=2, default=(5.0, 89.96))
+    parser.add_argument("--classes", type=int, default=236, help="library entries")
     parser.add_argument("--n", type=int, default=2000, help="patterns in the batched run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--files", default=None, help="folder of measured files to time reading too")

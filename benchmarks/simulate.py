@@ -17,8 +17,8 @@ import numpy as np
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from tqdm import tqdm
 
-from xrdid.data.library import _parse_cif, core_mof_ids, iter_core_mof
-from xrdid.xrd.crystal import Crystal
+from xrdid.data.library import core_mof_ids, iter_core_mof
+from xrdid.xrd.crystal import Crystal, read_cif
 from xrdid.xrd.diffraction import reflections
 
 
@@ -35,10 +35,10 @@ def main() -> None:
     structures, parse_times = [], []
     for entry_id, data in tqdm(iter_core_mof("2019-ASR", chosen), total=args.n, desc="parse"):
         start = time.perf_counter()
-        structure, _ = _parse_cif(data)
+        crystal, _ = read_cif(data, id=entry_id)
         parse_times.append(time.perf_counter() - start)
-        if structure is not None:
-            structures.append((entry_id, structure))
+        if crystal is not None:
+            structures.append((entry_id, crystal.to_structure()))
 
     rng = tuple(args.range)
     calc = XRDCalculator("CuKa")

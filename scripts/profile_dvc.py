@@ -1,4 +1,4 @@
-"""Write a profile's ``dvc.yaml`` from the root one: ``python scripts/profile_dvc.py pipelines/rruff``.
+"""Write a profile's ``dvc.yaml`` from the root one: ``python scripts/profile_dvc.py pipelines/rruff236``.
 
 A profile is a folder with an overlay ``params.yaml`` (``extends: ../../params.yaml``). Its stages
 are the root stages run in that folder: source paths are taken from the repository root, and each
@@ -53,7 +53,7 @@ def _has(params: dict, dotted: str) -> bool:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:] or ["pipelines/rruff"]:
+    for arg in sys.argv[1:] or ["pipelines/rruff236"]:
         path = ROOT / arg / "dvc.yaml"
         path.write_text(profile_dvc(arg))
         print(f"wrote {path.relative_to(ROOT)}")

@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xrdid"
 
 # Lowest first: a module may import only from its own layer or a lower one.
-LAYERS = ("errors", "config", "xrd", "data", "learn", "identify", "ops", "stages", "cli")
+LAYERS = ("errors", "outputs", "config", "xrd", "data", "learn", "identify", "ops", "stages", "cli")
 
 
 def module_name(path: Path) -> str:

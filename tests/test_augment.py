@@ -248,7 +248,7 @@ def test_rruff_measurements_match_their_own_augmented_spectra(shared_data: Path,
 
     from xrdid.xrd.measured import Pattern
 
-    folder = shared_data / "rruff304"
+    folder = shared_data / "rruff236"
     rows = [r for r in csv.DictReader(open(folder / "labels.csv")) if r["source"] == "RRUFF"][::10][:12]
     (tmp_path / "cifs").mkdir()
     for row in rows:

@@ -195,15 +195,15 @@ def test_rule_reasons_and_json_round_trip() -> None:
 
 
 def test_rule_flags_the_real_blank_holders(shared_data: Path) -> None:
-    """The seven blank-holder scans are flagged against real crystalline patterns (RRUFF-304).
+    """The seven blank-holder scans are flagged against real crystalline patterns (RRUFF-236).
 
     The signal threshold is fitted, with the same 1 % rate as on validation spectra, on measured
     crystalline patterns; the blanks were never part of the fit.
     """
     from xrdid.xrd.preprocess import preprocess
 
-    grid = Grid(5.0, 70.0, 1626)  # the RRUFF profile's grid
-    crystalline = sorted((shared_data / "rruff304" / "patterns").glob("*.xy"))[::4]
+    grid = Grid(5.0, 89.96, 2125)  # the RRUFF-236 profile's grid
+    crystalline = sorted((shared_data / "rruff236" / "patterns").glob("*.xy"))[::4]
     blanks = sorted((shared_data / "noise" / "blanks").glob("*.xyd"))
     assert len(blanks) == 7 and len(crystalline) >= 30
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
+import xrdid.data.library as library_module
 from xrdid.data.library import (
     Library,
     build_library,
@@ -26,7 +30,7 @@ NACL = (DATA / "nacl.cif").read_text()
 
 BAD_CIFS = {
     "empty": ("", "empty file"),
-    "garbage": ("this is not a crystal\n\x00\x01 at all", "not a CIF"),
+    "garbage": ("this is not a crystal\n\x00\x01 at all", "not a CIF|binary content"),
     "truncated": (NACL[: NACL.index("loop_\n _atom_site_label")], "parse error"),
     "no_atoms": (NACL[: NACL.index("  Na1")], "parse error|no atoms"),
 }
@@ -76,9 +80,9 @@ def test_filters(cif_folder: Path, tmp_path: Path) -> None:
 
 def test_max_atoms_rejects_large_cells(cif_folder: Path, tmp_path: Path) -> None:
     params = {"source": "folder", "folder": str(cif_folder), "workers": 1, "max_atoms": 3}
-    with pytest.raises(InputError, match="no usable CIF"):
+    with pytest.raises(InputError, match=r"no usable CIF among 6 \(6 rejected, e\.g\. .*over max_atoms=3"):
         build_library(params, tmp_path / "lib", progress=False)
-    assert "over max_atoms=3" in read_rejects(tmp_path / "lib")["reason"].iloc[0]
+    assert not (tmp_path / "lib").exists()  # no half-built library for the next stage to read
 
 
 def test_store_round_trip(cif_folder: Path, tmp_path: Path) -> None:
@@ -120,7 +124,7 @@ def test_bad_source(tmp_path: Path) -> None:
 
 
 def test_rruff_folder(shared_data: Path, tmp_path: Path) -> None:
-    params = {"source": "folder", "folder": str(shared_data / "rruff304" / "cif"), "select": 20, "seed": 0}
+    params = {"source": "folder", "folder": str(shared_data / "rruff236" / "cif"), "select": 20, "seed": 0}
     lib = build_library(params, tmp_path / "lib", progress=False)
     assert len(lib) == 20 and np.all(lib.index["n_atoms"] > 0)
     # element set and Niggli-reduced cell (sorted lengths) of every entry, for material_groups
@@ -180,10 +184,10 @@ def test_overlapping_atoms_are_counted_and_the_entry_kept(tmp_path: Path, caplog
     true = np.array([[0.25, 0.326, 0.471], [0.75, 0.036, 0.351], [0.25, 0.192, 0.292],
                      [0.75, 0.123, 0.550], [0.75, 0.439, 0.375]])
     broken = Structure(cell, ["Sb", "Sb", "S", "S", "S"], true / np.array(cell.abc))
-    assert overlapping_pairs(broken) > 0
-    assert overlapping_pairs(Structure(cell, broken.species, true)) == 0
+    assert overlapping_pairs(Crystal.from_structure("broken", broken)) > 0
+    assert overlapping_pairs(Crystal.from_structure("true", Structure(cell, broken.species, true))) == 0
     # split sites of a disordered model may sit closer than 0.5 Å
-    split = Structure(cell, [{"Sb": 0.5}, {"Sb": 0.5}], [[0, 0, 0], [0.05, 0, 0]])
+    split = Crystal.from_structure("split", Structure(cell, [{"Sb": 0.5}, {"Sb": 0.5}], [[0, 0, 0], [0.05, 0, 0]]))
     assert overlapping_pairs(split) == 0 and overlapping_pairs(split, distance=0.2) == 0
 
     folder = tmp_path / "cifs"
@@ -195,5 +199,38 @@ def test_overlapping_atoms_are_counted_and_the_entry_kept(tmp_path: Path, caplog
                             progress=False)
     assert lib.ids == ["Sb2S3_1", "nacl"]  # kept: its cell, hence its peak positions, is right
     overlaps = lib.index.set_index("id")["overlaps"]
-    assert overlaps["nacl"] == 0 and overlaps["Sb2S3_1"] == overlapping_pairs(broken)
+    assert overlaps["nacl"] == 0 and overlaps["Sb2S3_1"] == overlapping_pairs(Crystal.from_structure("b", broken))
     assert "1 entries have atoms closer than 0.5" in caplog.text and "Sb2S3_1" in caplog.text
+
+
+_PARSE = library_module._parse_entry
+
+
+def _parse_or_crash(job: tuple) -> tuple:
+    """The worker, dying natively on the entry "cuau" (module level: pool tasks are pickled by name)."""
+    if job[0] == "cuau":
+        faulthandler.disable()  # pytest's handler would print the crash: expected here
+        os.kill(os.getpid(), signal.SIGSEGV)  # what spglib does on a NaN cell
+    return _PARSE(job)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_parser_crash_costs_its_cif_only(cif_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           workers: int) -> None:
+    # Before: multiprocessing.Pool waited forever for the dead worker (workers 1: the stage died with 139).
+    monkeypatch.setattr(library_module, "_parse_entry", _parse_or_crash)
+    lib = build_library({"source": "folder", "folder": str(cif_folder), "workers": workers}, tmp_path / "lib",
+                        progress=False)
+    assert lib.ids == ["nacl"]
+    rejects = read_rejects(tmp_path / "lib").set_index("id")["reason"]
+    assert "parser crashed" in rejects["cuau"]
+    assert set(rejects.index) == {"cuau", *BAD_CIFS}
+
+
+def test_unreadable_entries_say_why(cif_folder: Path, tmp_path: Path) -> None:
+    (cif_folder / "folder.cif").mkdir()
+    (cif_folder / "loop.cif").symlink_to(cif_folder / "loop.cif")
+    build_library({"source": "folder", "folder": str(cif_folder), "workers": 1}, tmp_path / "lib", progress=False)
+    rejects = read_rejects(tmp_path / "lib").set_index("id")["reason"]
+    assert rejects["folder"] == "cannot read file: Is a directory"
+    assert rejects["loop"] == "cannot read file: Too many levels of symbolic links"

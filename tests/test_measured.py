@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +44,7 @@ def test_bad_wavelength(value: str | float, match: str) -> None:
 
 
 def test_rruff_pattern(shared_data: Path) -> None:
-    path = shared_data / "rruff304" / "patterns" / "Al2O3_167.xy"
+    path = shared_data / "rruff236" / "patterns" / "Al2O3_167.xy"
     pattern = Pattern.read(path)
     assert pattern.wavelength is None and pattern.source == path
     assert pattern.two_theta.size == 8501
@@ -99,7 +104,8 @@ BAD_FILES = [
     ("text.xy", "two theta, intensity\n", "no numeric data"),
     ("nan.xy", "10 1\n11 nan\n12 3\n", "NaN"),
     ("neg.xy", "10 1\n11 -4\n12 3\n", "negative intensities"),
-    ("down.xy", "12 1\n11 2\n10 3\n", "2θ not increasing"),
+    ("down.xy", "12 1\n11 2\n10 3\n", "2θ decreases throughout"),
+    ("back.xy", "10 1\n12 2\n11 3\n", "2θ not increasing at line 3"),
     ("single.xy", "10 1\n", "only 1 data point"),
     ("pattern.foo", "10 1\n11 2\n", "unknown format '.foo'"),
     ("broken.xrdml", "<xrdMeasurements>", "cannot parse .xrdml"),
@@ -198,7 +204,7 @@ def test_normalized() -> None:
 
 
 def test_cli_read_json_contract(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = shared_data / "rruff304" / "patterns" / "Al2O3_167.xy"
+    path = shared_data / "rruff236" / "patterns" / "Al2O3_167.xy"
     assert main(["read", str(path), "--json", "--wavelength", "CuKa"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"file", "two_theta", "intensity", "wavelength"} <= set(out)
@@ -217,3 +223,219 @@ def test_cli_read_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     peak = out["two_theta"][int(np.argmax(out["intensity"]))]
     d = (1.78901 + 0.5 * 1.79285) / 1.5 / (2 * np.sin(np.radians(12.5)))
     assert peak == pytest.approx(_two_theta(d, CU_KA), abs=0.02)
+
+
+# ---------------------------------------------------------------- hostile input (issue 17)
+
+GOOD_ROWS = "".join(f"{20 + 0.25 * i:.2f} {100 + i}\n" for i in range(20))
+
+
+def _unreadable(tmp_path: Path) -> Path:
+    path = tmp_path / "unreadable.xy"
+    path.write_text(GOOD_ROWS)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda d: (d / "folder.xy").mkdir() or d / "folder.xy", "is a directory"),
+        (lambda d: os.symlink(d / "loop.xy", d / "loop.xy") or d / "loop.xy", "symlink loop"),
+        (lambda d: os.symlink(d / "gone.xy", d / "dangling.xy") or d / "dangling.xy", "broken symbolic link"),
+        (lambda d: os.mkfifo(d / "pipe.xy") or d / "pipe.xy", "not a regular file"),
+        (lambda d: d / "absent.xy", "file not found"),
+    ],
+    ids=["directory", "symlink_loop", "dangling_symlink", "fifo", "missing"],
+)
+def test_unreadable_paths_name_the_real_reason(tmp_path: Path, make, match: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=match) as info:
+        Pattern.read(path)
+    assert "empty file" not in str(info.value) and info.value.path == str(path)
+
+
+@pytest.mark.parametrize("suffix", [".xy", ".xrdml"])
+def test_permission_denied_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """Any OSError while reading (here EACCES, as a root test runner cannot be denied) becomes its reason."""
+    path = tmp_path / f"locked{suffix}"
+    path.write_text(GOOD_ROWS)
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("xrdid.xrd.measured.open", denied, raising=False)
+    with pytest.raises(InputError, match="permission denied"):
+        Pattern.read(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_permission_denied_for_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _unreadable(tmp_path)
+    path.chmod(0)
+    assert main(["read", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"xrdid: error: {path}: permission denied"
+
+
+@pytest.mark.parametrize(
+    ("encoded", "name"),
+    [
+        (b"\xef\xbb\xbf" + GOOD_ROWS.encode(), "utf8_bom.xy"),
+        (GOOD_ROWS.encode("utf-16"), "utf16_bom.xy"),
+        (GOOD_ROWS.encode("utf-16-be"), "utf16be_no_bom.xy"),
+        (GOOD_ROWS.encode("utf-32"), "utf32_bom.xy"),
+        (GOOD_ROWS.replace("\n", "\r\n").encode(), "crlf.xy"),
+    ],
+)
+def test_encodings_keep_every_point(tmp_path: Path, encoded: bytes, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(encoded)
+    pattern = Pattern.read(path)
+    assert pattern.two_theta.size == 20 and pattern.two_theta[0] == 20.0 and pattern.intensity[0] == 100
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("10 1\n11 2\nabc 3\n13 4\n", r"line 3: non-numeric row 'abc 3' inside the data"),
+        ("10 1\n11 2\n12 x\n13 4\n", r"line 3: non-numeric field 'x' inside the data"),
+        ("10 1\n11 2\n12 x\n", r"line 3: non-numeric field 'x'"),
+        ("# head\n10 1\n11 2\n12", r"line 4: one value '12' .*truncated"),
+        ("10 1\n11 1e309\n12 3\n", r"line 2: intensity '1e309' overflows a float"),
+        ("10 1\n11 inf\n12 3\n", r"line 2: intensity 'inf' is NaN or infinite"),
+        ("10 1\n11 1e308\n12 3\n", r"intensity 1e\+308 at line 2 is not a count"),
+        ("10 1\n10 2\n11 3\n", r"2θ repeated at line 2"),
+        ("<?xml version='1.0'?>\n<xrdMeasurements/>\n", "XML or HTML"),
+        ("\x01\x02\x03\x04\x05 garbage \x06\x07\x08\x0e\x0f\n", "binary content"),
+    ],
+    ids=["text_row", "bad_field", "bad_last_field", "truncated", "overflow", "inf", "huge", "repeated", "xml", "control"],
+)
+def test_broken_text_is_refused_with_its_line(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "broken.xy"
+    path.write_text(content)
+    with pytest.raises(InputError, match=match):
+        Pattern.read(path)
+
+
+def test_header_comments_and_footer_stay_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "a.xy"
+    path.write_text("Sample: quartz\n2theta intensity\n10 1\n# a comment between rows\n11 2\n12 3\n"
+                    "# end\n[End of data]\nsaved by nobody\n")
+    assert_allclose(Pattern.read(path).intensity, [1, 2, 3])
+
+
+def test_decimal_comma_with_tabs_or_spaces(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("10,5\t1,5\n11,5\t2\n12,5   3,25\n")
+    pattern = Pattern.read(path)
+    assert_allclose(pattern.two_theta, [10.5, 11.5, 12.5])
+    assert_allclose(pattern.intensity, [1.5, 2.0, 3.25])
+
+
+def test_radians_are_refused_but_low_short_scans_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "rad.xy"
+    x = np.radians(np.linspace(5, 90, 50))
+    np.savetxt(path, np.column_stack([x, np.ones_like(x)]))
+    with pytest.raises(InputError, match="radians"):
+        Pattern.read(path)
+    path.write_text("1 5\n2 6\n3 7\n")  # a few points: not enough to call it radians
+    assert Pattern.read(path).two_theta.size == 3
+
+
+def test_file_too_large_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("xrdid.xrd.measured._MAX_FILE_BYTES", 100)
+    path = tmp_path / "big.xy"
+    path.write_text(GOOD_ROWS)
+    with pytest.raises(InputError, match="too large for a pattern file"):
+        Pattern.read(path)
+
+
+def _raw4(points: int, stored: int) -> bytes:
+    """A minimal Bruker RAW v4 file (Cu, 2θ from 20° by 0.25°) as fairmat's parser reads it."""
+    header = bytearray(0x051F)
+    header[:8] = b"RAW4.00\x00"
+    header[0x01A8:0x01AA] = b"Cu"
+    header[0x01C3:0x01C5] = struct.pack("<H", points)
+    header[0x020F:0x0217] = struct.pack("<d", 0.25)
+    header[0x04D0:0x04D6] = b"Theta\x00"
+    header[0x04FB:0x0503] = struct.pack("<d", 20.0)
+    values = np.arange(stored, dtype=np.float32) + 1
+    return bytes(header) + np.column_stack([values, np.zeros_like(values)]).tobytes()
+
+
+def test_raw_is_read_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The RAW parser logs a warning and INFO lines on every read: they must not reach the user."""
+    path = tmp_path / "scan.raw"
+    path.write_bytes(_raw4(30, 30))
+    with caplog.at_level(logging.DEBUG):
+        pattern = Pattern.read(path)
+    assert not [r for r in caplog.records if r.name.startswith("fairmat_readers_xrd")]
+    assert_allclose(pattern.two_theta[[0, -1]], [20.0, 27.25])
+    assert_allclose(pattern.intensity, np.arange(30) + 1)
+    assert pattern.wavelength == pytest.approx((1.540598 + 0.5 * 1.544426) / 1.5)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (_raw4(30, 10), "header gives 30 points, the data holds 10"),
+        (_raw4(30, 30)[:300], "truncated Bruker RAW file: 300 bytes"),
+        (b"RAW1.01\x00" + bytes(100), "version 'RAW1.01' is not supported"),
+        (b"10 1\n11 2\n", "not a Bruker RAW file"),
+    ],
+    ids=["short_data", "short_header", "v1", "text"],
+)
+def test_broken_raw_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+                                content: bytes, match: str) -> None:
+    path = tmp_path / "broken.raw"
+    path.write_bytes(content)
+    with caplog.at_level(logging.DEBUG):
+        assert main(["read", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and match in err
+    assert not [r for r in caplog.records if r.name.startswith("fairmat_readers_xrd")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda x: x.replace(" 1000 ", " 1O00 "), "non-numeric values"),
+        (lambda x: x[: len(x) // 2], "malformed or truncated XML"),
+        (lambda x: x.replace("<startPosition>20.0000</startPosition><endPosition>30.0000</endPosition>",
+                             "<listPositions>20 21 22</listPositions>"), "3 2θ positions but 101 intensities"),
+        (lambda x: re.sub(r'(<intensities unit="counts">)[^<]*', lambda m: m.group(1) + "7 " * 101, x),
+         "every intensity is 7"),
+        (lambda x: "20 1\n21 2\n", "not an XML file"),
+    ],
+    ids=["letter", "truncated", "count_mismatch", "constant", "text"],
+)
+def test_broken_xrdml(tmp_path: Path, edit, match: str) -> None:
+    path = tmp_path / "broken.xrdml"
+    path.write_text(edit((DATA / "co_peak.xrdml").read_text()))
+    with pytest.raises(InputError, match=match):
+        Pattern.read(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"10 1\n", "not a zip archive"), (b"PK\x03\x04" + bytes(30), "damaged zip archive"), (None, "the archive has no")],
+    ids=["text", "truncated", "no_data"],
+)
+def test_broken_brml(tmp_path: Path, content: bytes | None, match: str) -> None:
+    import zipfile
+
+    path = tmp_path / "broken.brml"
+    if content is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("readme.txt", "no Bruker data here")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        Pattern.read(path)
+
+
+def test_file_name_with_a_newline_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "two\nlines.xy"
+    path.write_text("")
+    assert main(["read", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two\\nlines.xy: empty file" in err

@@ -58,16 +58,16 @@ def test_same_seed_same_model(tmp_path: Path, registered_pipeline: dict) -> None
 
 @pytest.mark.slow
 def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) -> None:
-    rruff = shared_data / "rruff304"
+    rruff = shared_data / "rruff236"
     with open(rruff / "labels.csv") as handle:
         every = list(csv.DictReader(handle))
-    # 8 measured patterns of both sources, plus opXRD's partial stibnite model (Sb2S3_1, P1) whose
-    # cell is the RRUFF stibnite's (Sb2S3_62, no pattern here): one material in two entries
-    rows = every[::19] + [r for r in every if r["cif"].endswith("/Sb2S3_1.cif")]
+    # 8 measured patterns, plus chrysoberyl (BeAl2O4_62) and its Materials Project structure
+    # (mp-3081, one of its mp_matches, no pattern here; DFT cell within 0.2 %): one material in two entries
+    rows = every[::15] + [r for r in every if r["cif"].endswith("/BeAl2O4_62.cif")]
     cif_dir = tmp_path / "cif"
     cif_dir.mkdir()
-    for cif in [*(row["cif"] for row in rows), "cif/Sb2S3_62.cif"]:
-        (cif_dir / Path(cif).name).write_bytes((rruff / cif).read_bytes())
+    for cif in [rruff / row["cif"] for row in rows] + [shared_data / "mp" / "cif" / "mp-3081.cif"]:
+        (cif_dir / cif.name).write_bytes(cif.read_bytes())
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -87,10 +87,10 @@ def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) 
         assert 0 <= measured[method]["top1"] <= measured[method]["top5"] <= 1, method
     # search-match on the real patterns of 9 well-separated minerals finds most of them
     assert measured["search_match"]["top1"] >= 0.5
-    # per material the two stibnite entries are one answer; nothing else is joined
+    # per material the two chrysoberyl entries are one answer; nothing else is joined
     assert metrics["n_materials"] == metrics["n_library"] - 1
     materials = (tmp_path / "plots" / "materials.csv").read_text()
-    assert "Sb2S3_62,Sb2S3_1" in materials or "Sb2S3_1,Sb2S3_1" in materials
+    assert "mp-3081,BeAl2O4_62" in materials or "BeAl2O4_62,mp-3081" in materials
     for method, table in metrics["measured_material"].items():
         assert table["top1"] >= measured[method]["top1"] and table["n"] == measured[method]["n"], method
     assert len(list((tmp_path / "plots" / "measured").glob("*.png"))) == 2
@@ -98,11 +98,11 @@ def test_rruff_subset_with_measured_patterns(tmp_path: Path, shared_data: Path) 
     import pandas as pd
 
     predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
-    assert len(predictions) == len(rows) and set(predictions["source"]) == {"RRUFF", "opXRD"}
+    assert len(predictions) == len(rows) and set(predictions["source"]) == {"RRUFF"}
     for method in ("cnn", "search_match", "cnn_search_match"):
         for k in (1, 5):
             assert (predictions[f"{method}_rank"] <= k).mean() == pytest.approx(measured[method][f"top{k}"])
     assert ((predictions["cnn_1"] == predictions["true"]) == (predictions["cnn_rank"] == 1)).all()
-    # opXRD's stibnite model has overlapping atoms: the library says so
+    # complete structures: the library finds no overlapping atoms in either chrysoberyl entry
     index = pd.read_csv(tmp_path / "library" / "index.csv").set_index("id")
-    assert index.loc["Sb2S3_1", "overlaps"] > 0 and index.loc["Sb2S3_62", "overlaps"] == 0
+    assert index.loc["mp-3081", "overlaps"] == 0 and index.loc["BeAl2O4_62", "overlaps"] == 0

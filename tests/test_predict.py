@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,52 +98,53 @@ def test_expand_inputs_takes_folders_and_files(tmp_path: Path) -> None:
     assert [p.name for p in expand_inputs([tmp_path])] == ["a.xy", "b.xrdml"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def served_champion(registered_pipeline: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow models serve` of the champion on localhost, for this module's tests; its URL."""
+    from xrdid.ops.serving import served
+
+    with served(CHAMPION, env={"MLFLOW_TRACKING_URI": registered_pipeline["uri"]},
+                cwd=tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
-def _post(port: int, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    from xrdid.ops.serving import Payload, post
+
+    reply = post(url, Payload("test", json.dumps(body).encode(), valid=True))
+    return reply.status, reply.body
 
 
 @pytest.mark.slow
-def test_served_champion_answers_rest(store: dict, tmp_path: Path, shared_data: Path) -> None:
+def test_served_champion_answers_rest(store: dict, served_champion: str, shared_data: Path) -> None:
     """`mlflow models serve` on the champion: a real RRUFF pattern in, ranked ids out; bad payloads → 4xx."""
     identifier = load_identifier(CHAMPION)
-    real = sorted((shared_data / "rruff304" / "patterns").glob("*.xy"))[0]
+    real = sorted((shared_data / "rruff236" / "patterns").glob("*.xy"))[0]
     row, _ = identifier.prepare(real)
-    port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION, "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"server did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
-        status, body = _post(port, {"inputs": [row.tolist()], "params": {"top": 2}})
-        assert status == 200
-        assert body["predictions"][0]["candidates"] == identifier.rank(row[None], 2)[0]
-        for bad in ({"inputs": [[1.0, 2.0]]}, {"nothing": 1}, {"inputs": [[float("nan")] * len(row)]}):
-            status, body = _post(port, bad)
-            assert 400 <= status < 500 and body["error_code"], bad
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
+    status, body = _post(served_champion, {"inputs": [row.tolist()], "params": {"top": 2}})
+    assert status == 200
+    assert body["predictions"][0]["candidates"] == identifier.rank(row[None], 2)[0]
+    for bad in ({"inputs": [[1.0, 2.0]]}, {"nothing": 1}, {"inputs": [[float("nan")] * len(row)]},
+                {"inputs": [row.tolist()], "params": {"top": 0}}):
+        status, body = _post(served_champion, bad)
+        assert 400 <= status < 500 and body["error_code"], bad
+
+
+@pytest.mark.slow
+def test_served_champion_under_load(store: dict, served_champion: str) -> None:
+    """100 requests, half malformed, from one client and then from 4 at once: no 5xx at all, every
+    malformed request a 4xx, every valid one a 200 with its answers (latencies printed, not judged)."""
+    from xrdid.ops.serving import latency_summary, payloads, run_load, wrong_replies
+
+    identifier = load_identifier(CHAMPION)
+    row = identifier.profiles()[0]
+    n_materials = len({entry.get("material") or entry["id"] for entry in identifier.library})
+    for clients, n in ((1, 40), (4, 60)):
+        requests = payloads(row, n, seed=clients)
+        assert sum(not p.valid for p in requests) >= n // 2 - 1
+        replies = run_load(served_champion, requests, clients)
+        assert not wrong_replies(replies, n_materials), clients
+        print(f"served champion, {clients} client(s): valid-request latency {latency_summary(replies)}")
 
 
 def test_blank_holder_is_not_in_library(store: dict, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,3 +186,84 @@ def test_a_candidate_with_overlapping_atoms_is_flagged(store: dict) -> None:
     result = dataclasses.replace(identifier, library=broken).identify(row)[0]
     assert result["candidates"][0]["unreliable_intensities"] is True
     assert any(f"the CIF of {best['id']} has overlapping atoms" in w for w in result["warnings"])
+
+
+def _edit_library(folder: Path, edit: str) -> None:
+    """Change ``folder/library.csv`` as a user might: one id renamed, two ids swapped, a formula fixed."""
+    with open(folder / "library.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if edit == "renamed_id":
+        rows[1]["id"] += "_edited"
+    elif edit == "swapped_ids":
+        rows[0]["id"], rows[1]["id"] = rows[1]["id"], rows[0]["id"]
+    else:
+        rows[0]["formula"] = "NaCl"
+    with open(folder / "library.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("renamed_id", "1 of 4 ids differ from the model's classes (first: row 2 is"),
+    ("swapped_ids", "2 of 4 ids differ from the model's classes (first: row 1 is"),
+    ("formula", "recorded in identifier.json: the file was changed after the model was built"),
+], ids=["renamed_id", "swapped_ids", "formula"])
+def test_pulled_model_with_an_edited_library_is_refused(store: dict, tmp_path: Path, edit: str, message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An edited library.csv used to crash (KeyError) or, ids swapped, rename the answers while the
+    provenance still named the original library: now one line naming the file and the difference."""
+    pulled = tmp_path / "pulled"
+    assert main(["pull", "--model", CHAMPION, "--to", str(pulled)]) == 0
+    _edit_library(pulled, edit)
+    capsys.readouterr()
+    status, lines, err = _predict(capsys, str(_measurement(tmp_path, store)), "--model", str(pulled))
+    assert status == 2 and not lines
+    assert err.strip().count("\n") == 0 and f"{pulled / 'library.csv'}: " in err and message in err, err
+
+
+def test_served_model_refuses_a_bad_top_like_the_cli(store: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The pyfunc used to clamp top <= 0 to 1 where the CLI refused it: one rule and message now,
+    raised as the MLflow error that the scoring server answers with a 400."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from xrdid.identify.pyfunc_model import IdentifierModel
+
+    status, _, err = _predict(capsys, str(_measurement(tmp_path, store)), "--model", CHAMPION, "--top", "0")
+    assert status == 2 and "--top: must be an integer of at least 1, got 0" in err
+    served = mlflow.pyfunc.load_model(CHAMPION)  # as the scoring server loads it: with the params schema
+    direct = IdentifierModel()  # and without it, as a caller of the class gets it
+    direct.identifier = load_identifier(CHAMPION)
+    row = np.ones((1, direct.identifier.grid.n_points), np.float32)
+    for top in (0, -3, 2.5, "three", True):
+        with pytest.raises(MlflowException) as by_server:
+            served.predict(row, params={"top": top})
+        with pytest.raises(MlflowException) as by_class:
+            direct.predict(None, row, {"top": top})
+        assert by_server.value.get_http_status_code() == by_class.value.get_http_status_code() == 400, top
+        assert f"top: must be an integer of at least 1, got {top!r}" in by_class.value.message
+        if top in (0, -3):  # non-integers stop at MLflow's params schema first
+            assert f"top: must be an integer of at least 1, got {top}" in by_server.value.message
+    assert len(served.predict(row, params={"top": 10**9})[0]["candidates"]) == 4  # huge: the whole library
+
+
+def test_predict_from_the_registry_leaves_no_temporary_files(store: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `predict --model models:/...` used to leave its ~4 MB download in the temporary directory."""
+    import tempfile
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process has already read TMPDIR
+    status, lines, _ = _predict(capsys, str(_measurement(tmp_path, store)), "--model", CHAMPION,
+                                "--report", str(tmp_path / "report.html"))  # explanations: the patterns too
+    assert status == 0 and lines[0]["candidates"] and (tmp_path / "report").is_dir()
+    assert not list(scratch.iterdir())
+    (tmp_path / "empty").mkdir()
+    status, _, err = _predict(capsys, str(tmp_path / "empty"), "--model", CHAMPION)  # fails after loading
+    assert status == 2 and "no measured pattern files" in err
+    assert not list(scratch.iterdir())

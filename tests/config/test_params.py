@@ -24,7 +24,7 @@ from xrdid.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / "params.yaml"
-RRUFF = REPO / "pipelines" / "rruff" / "params.yaml"
+RRUFF = REPO / "pipelines" / "rruff236" / "params.yaml"
 STAGE_ONLY = {"fresh": False, "seeds": None}  # train keys of the stage that the root file leaves out
 
 
@@ -90,7 +90,7 @@ def test_every_value_round_trips(path: Path = ROOT) -> None:
         assert added == ({k: v for k, v in STAGE_ONLY.items() if k not in old[section]} if section == "train" else {})
 
 
-@pytest.mark.parametrize("path", [ROOT, RRUFF], ids=["root", "rruff"])
+@pytest.mark.parametrize("path", [ROOT, RRUFF], ids=["root", "rruff236"])
 def test_sections_alone_round_trip(path: Path) -> None:
     whole = load_params(path)
     for section in SECTIONS:

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xrdid.errors import InputError
+from xrdid.errors import InputError, printable
 from xrdid.identify.explain import (
     grad_cam,
     html_report,
     make_candidate,
     plot_explanation,
 )
-from xrdid.identify.identifier import Identifier, expand_inputs
+from xrdid.identify.identifier import Identifier, check_top, expand_inputs
 from xrdid.ops.registry import load_identifier, promote, pull
 from xrdid.ops.tracking import configure
 from xrdid.stages.options import add_progress
@@ -60,8 +60,7 @@ def add_pull(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise InputError("--top", "must be at least 1")
+    check_top(args.top, "--top")  # the served model's rule and message too
     identifier = load_identifier(args.model)
     files = expand_inputs(args.inputs)
     if not files:
@@ -76,7 +75,7 @@ def _predict(args: argparse.Namespace) -> int:
     for result in results:
         if "error" in result:
             failed += 1
-            print(f"xrdid: error: {result['file']}: {result['error']}", file=sys.stderr)
+            print(f"xrdid: error: {printable(result['file'])}: {result['error']}", file=sys.stderr)
         elif explain is not None:
             result["image"] = str(_explain(identifier, result, explain, len(summary)))
         public = {k: v for k, v in result.items() if k not in ("row", "covered")}
@@ -85,7 +84,7 @@ def _predict(args: argparse.Namespace) -> int:
         elif "candidates" in result:
             best = "  ".join(f"{c['id']} ({c['formula']}) {c['probability']:.3f}" for c in result["candidates"][:3])
             flag = "" if result.get("in_library") is not False else "  [not in library?]"
-            print(f"{result['file']}: {best}{flag}")
+            print(f"{printable(result['file'])}: {best}{flag}")
         summary.append(public)
     if args.csv:
         _write_summary(Path(args.csv), summary)
@@ -128,13 +127,17 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _write_summary(path: Path, results: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "id", "formula", "probability", "error"])
-        for r in results:
-            best = (r.get("candidates") or [{}])[0]
-            writer.writerow([r["file"], best.get("id", ""), best.get("formula", ""), best.get("probability", ""),
-                             r.get("error", "")])
+    """One row per file: its best candidate, or its error."""
+    try:
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "id", "formula", "probability", "error"])
+            for r in results:
+                best = (r.get("candidates") or [{}])[0]
+                writer.writerow([r["file"], best.get("id", ""), best.get("formula", ""), best.get("probability", ""),
+                                 r.get("error", "")])
+    except OSError as exc:  # the answers are printed already; say why the CSV is missing in one line
+        raise InputError(path, f"cannot write the CSV summary: {exc.strerror or exc}") from exc
 
 
 def add_promote(p: argparse.ArgumentParser) -> None:

@@ -281,6 +281,7 @@ class LibrarySection(_Section):
     elements_allowed: tuple[str, ...] = ()
     elements_required: tuple[str, ...] = ()
     partial_occupancy: Literal["keep", "reject"] = "keep"
+    parser: Literal["gemmi", "pymatgen"] = "gemmi"
     workers: int = _f(2, ge=1)
 
     def _check(self) -> str | None:

@@ -81,6 +81,7 @@ from xrdid.config import Grid
 from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import split_sizes
 from xrdid.errors import InputError
+from xrdid.outputs import atomic_dir
 from xrdid.xrd.diffraction import KALPHA2_RATIO
 from xrdid.xrd.profiles import caglioti_fwhm
 
@@ -738,29 +739,30 @@ def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the chunks are the parallel units; a threaded cast of one chunk only adds hand-offs
-    try:
-        with ThreadPoolExecutor(p["workers"]) as pool:
-            for split, labels, seq in jobs:
-                _write_split(aug, pool, out / split, labels, seq, bar)
-    finally:
-        torch.set_num_threads(threads)
-        bar.close()
+    with atomic_dir(out) as tmp:  # meta.json last; an interrupted run leaves the previous output
+        try:
+            with ThreadPoolExecutor(p["workers"]) as pool:
+                for split, labels, seq in jobs:
+                    _write_split(aug, pool, tmp / split, labels, seq, bar)
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
 
-    meta = {
-        "ids": aug.ids,
-        "grid": aug.grid.to_dict(),
-        "ratio": p["ratio"],
-        "seed": p["seed"],
-        "params": p,
-        "counts": {"train": len(jobs[0][1]), "val": len(jobs[1][1]),
-                   "train_per_entry": per_entry["train"], "val_per_entry": per_entry["val"]},
-        "n_entries": len(aug),
-        "noise_rows": 0 if noise_bank is None else int(np.shape(noise_bank)[0]),
-        "files": {"X": "float16 (N, n_points), rows max-normalised to 1",
-                  "y": "int32 (N,), index into ids (PatternSet order)"},
-        "sources": sources or {},
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        meta = {
+            "ids": aug.ids,
+            "grid": aug.grid.to_dict(),
+            "ratio": p["ratio"],
+            "seed": p["seed"],
+            "params": p,
+            "counts": {"train": len(jobs[0][1]), "val": len(jobs[1][1]),
+                       "train_per_entry": per_entry["train"], "val_per_entry": per_entry["val"]},
+            "n_entries": len(aug),
+            "noise_rows": 0 if noise_bank is None else int(np.shape(noise_bank)[0]),
+            "files": {"X": "float16 (N, n_points), rows max-normalised to 1",
+                      "y": "int32 (N,), index into ids (PatternSet order)"},
+            "sources": sources or {},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     log.info("augment: %d train + %d validation spectra of %d entries → %s",
              meta["counts"]["train"], meta["counts"]["val"], len(aug), out)
     return meta

@@ -29,23 +29,22 @@ import hashlib
 import logging
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import resources
-from multiprocessing import Pool
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from xrdid.errors import InputError
-from xrdid.xrd.crystal import _CELL, Crystal, _parse_cif
-
-if TYPE_CHECKING:
-
-    from pymatgen.core import Structure
+from xrdid.outputs import atomic_dir, require
+from xrdid.xrd.crystal import _CELL, PARSERS, Crystal, read_cif
 
 log = logging.getLogger(__name__)
 
@@ -64,37 +63,40 @@ _REFCODE = re.compile(r"^([A-Z]{6})(\d{2})?(?:_|$)")
 
 @dataclass(frozen=True)
 class LibraryFilters:
-    """Which parsed structures to keep (the filter keys of the ``library`` params section)."""
+    """How CIFs are read (``parser``) and which parsed structures to keep (the ``library`` section's filters)."""
 
     max_atoms: int | None = None
     elements_allowed: frozenset[str] = frozenset()
     elements_required: frozenset[str] = frozenset()
     partial_occupancy: str = "keep"
+    parser: str = "gemmi"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> LibraryFilters:
         policy = str(params.get("partial_occupancy", "keep"))
         if policy not in ("keep", "reject"):
             raise ValueError(f"partial_occupancy must be keep or reject, not {policy!r}")
+        parser = str(params.get("parser", "gemmi"))
+        if parser not in PARSERS:
+            raise ValueError(f"parser must be one of {', '.join(PARSERS)}, not {parser!r}")
         return cls(
             max_atoms=params.get("max_atoms"),
             elements_allowed=frozenset(params.get("elements_allowed") or ()),
             elements_required=frozenset(params.get("elements_required") or ()),
             partial_occupancy=policy,
+            parser=parser,
         )
 
-    def problem(self, structure: Structure) -> str:
-        """Why ``structure`` is filtered out, or '' to keep it."""
-        from pymatgen.core import DummySpecies
-
-        if any(isinstance(sp, DummySpecies) for site in structure for sp in site.species):
-            return "dummy species (no element) in the structure"
-        if self.max_atoms and len(structure) > self.max_atoms:
-            return f"cell of {len(structure)} atoms is over max_atoms={self.max_atoms} (memory budget)"
-        if self.partial_occupancy == "reject" and not structure.is_ordered:
-            n = sum(1 for site in structure if not site.is_ordered)
+    def problem(self, crystal: Crystal) -> str:
+        """Why ``crystal`` is filtered out, or '' to keep it."""
+        if self.max_atoms and crystal.n_sites > self.max_atoms:
+            return f"cell of {crystal.n_sites} atoms is over max_atoms={self.max_atoms} (memory budget)"
+        if self.partial_occupancy == "reject" and not crystal.is_ordered:
+            per_site = np.bincount(crystal.site_index)
+            partial = np.bincount(crystal.site_index, weights=crystal.occupancies < 1 - 1e-8)
+            n = int(((per_site > 1) | (partial > 0)).sum())
             return f"partial occupancy not supported ({n} disordered sites)"
-        elements = {el.symbol for el in structure.composition.elements}
+        elements = {el.symbol for el in crystal.composition().elements}
         if self.elements_allowed and not elements <= self.elements_allowed:
             return f"elements {sorted(elements - self.elements_allowed)} not in elements_allowed"
         if self.elements_required and not self.elements_required <= elements:
@@ -104,42 +106,80 @@ class LibraryFilters:
 
 def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]:
     """Worker: parse and describe one CIF; never raises."""
+    from pymatgen.core import Lattice
+
     entry_id, data, filters = job
-    structure, problem = _parse_cif(data)
-    if structure is None:
+    crystal, problem = read_cif(data, filters.parser, entry_id)
+    if crystal is None:
         return entry_id, data, None, None, problem
     try:
-        problem = filters.problem(structure)
+        problem = filters.problem(crystal)
         if problem:
             return entry_id, data, None, None, problem
-        crystal = Crystal.from_structure(entry_id, structure)
-        try:
-            symbol, number = structure.get_space_group_info(symprec=0.1)
-        except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
-            symbol, number = "", 0
+        symbol, number = space_group(crystal)
         match = _REFCODE.match(entry_id)
-        cell = structure.lattice.get_niggli_reduced_lattice()
+        cell = Lattice(crystal.lattice).get_niggli_reduced_lattice()
+        composition = crystal.composition()
         row = {
             "id": entry_id,
-            "formula": structure.composition.formula.replace(" ", ""),
-            "reduced_formula": structure.composition.reduced_formula,
+            "formula": composition.formula.replace(" ", ""),
+            "reduced_formula": composition.reduced_formula,
             "spacegroup": symbol,
             "spacegroup_number": number,
-            "n_atoms": len(structure),
-            "volume": round(structure.volume, 4),
-            "density": round(float(structure.density), 5),
+            "n_atoms": crystal.n_sites,
+            "volume": round(crystal.volume, 4),
+            "density": round(float(composition.weight) * _AMU_PER_A3_IN_G_PER_CM3 / crystal.volume, 5),
             "refcode": match.group(1) if match else "",
             "sha256": hashlib.sha256(data).hexdigest(),
-            "elements": " ".join(sorted(element.symbol for element in structure.composition.elements)),
+            "elements": " ".join(sorted(element.symbol for element in composition.elements)),
             **{name: round(float(value), 4) for name, value in zip(_CELL, (*cell.abc, *cell.angles))},
-            "overlaps": overlapping_pairs(structure),
+            "overlaps": overlapping_pairs(crystal),
         }
         return entry_id, data, row, crystal, ""
     except Exception as exc:  # one odd structure must not stop the stage
         return entry_id, data, None, None, f"{type(exc).__name__}: {exc}"
 
 
-def overlapping_pairs(structure: Structure, distance: float = OVERLAP_DISTANCE) -> int:
+# 1 amu/Å³ in g/cm³ (pymatgen's Structure.density: weight in amu → g, volume Å³ → cm³)
+_AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
+
+
+def _sites(crystal: Crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per site: fractional position, a type number per distinct species mix, total occupancy."""
+    index = crystal.site_index
+    first = np.unique(index, return_index=True)[1]
+    kinds: dict[tuple, int] = {}
+    mixes: list[list[tuple[int, float]]] = [[] for _ in first]
+    for i, z, occ in zip(index.tolist(), crystal.numbers.tolist(), crystal.occupancies.tolist()):
+        mixes[i].append((z, occ))
+    types = np.array([kinds.setdefault(tuple(sorted(mix)), len(kinds)) for mix in mixes])
+    return crystal.frac_coords[first], types, np.bincount(index, weights=crystal.occupancies)
+
+
+def space_group(crystal: Crystal, symprec: float = 0.1) -> tuple[str, int]:
+    """International symbol and number of ``crystal`` by spglib, or ("", 0) when it finds none.
+
+    What pymatgen's ``Structure.get_space_group_info(symprec)`` returns (one atom type per
+    distinct site species, angle tolerance 5°), without building a ``Structure``.
+
+    Examples
+    --------
+    >>> nacl = Crystal("NaCl", 5.64 * np.eye(3), np.array([11, 17]), np.array([[0, 0, 0], [0.5, 0.5, 0.5]]),
+    ...                np.ones(2))
+    >>> space_group(nacl)
+    ('Pm-3m', 221)
+    """
+    import spglib
+
+    frac, types, _ = _sites(crystal)
+    try:
+        dataset = spglib.get_symmetry_dataset((crystal.lattice, frac, types), symprec=symprec, angle_tolerance=5)
+    except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
+        dataset = None
+    return (str(dataset.international), int(dataset.number)) if dataset is not None else ("", 0)
+
+
+def overlapping_pairs(crystal: Crystal, distance: float = OVERLAP_DISTANCE) -> int:
     """Number of pairs of fully occupied sites closer than ``distance`` (Å), periodic images included.
 
     A structure with such pairs is not physical: typically a broken model (an asymmetric unit
@@ -148,13 +188,20 @@ def overlapping_pairs(structure: Structure, distance: float = OVERLAP_DISTANCE) 
 
     Examples
     --------
-    >>> from pymatgen.core import Lattice, Structure
-    >>> overlapping_pairs(Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]]))
+    >>> pair = Crystal("NaCl", 5.0 * np.eye(3), np.array([11, 17]), np.array([[0, 0, 0], [0.01, 0, 0]]),
+    ...                np.ones(2))
+    >>> overlapping_pairs(pair)
     1
     """
-    full = np.array([site.species.num_atoms >= 0.99 for site in structure])
-    centres, neighbours, _, _ = structure.get_neighbor_list(distance)
-    both = full[centres] & full[neighbours]
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    frac, _, occupancy = _sites(crystal)
+    lattice = np.ascontiguousarray(crystal.lattice, dtype=float)
+    cart = np.ascontiguousarray(frac @ lattice)
+    centres, neighbours, _, dist = find_points_in_spheres(
+        cart, cart, r=float(distance), pbc=np.ones(3, dtype=np.int64), lattice=lattice, tol=1e-8)
+    full = occupancy >= 0.99
+    both = full[centres] & full[neighbours] & ~((centres == neighbours) & (dist <= 1e-8))
     # each pair is listed from both ends; a site's own image closer than 0.5 Å counts once
     return int(np.sum(both & (centres < neighbours)) + np.sum(both & (centres == neighbours)) // 2)
 
@@ -216,13 +263,13 @@ def iter_core_mof(dataset: str, ids: set[str]) -> Iterator[tuple[str, bytes]]:
                 yield _stem(member.name), tar.extractfile(member).read()
 
 
-def iter_folder(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+def iter_folder(paths: list[Path]) -> Iterator[tuple[str, bytes, str]]:
+    """Yield (id, bytes, '') per CIF file, or (id, b'', why) when it cannot be read."""
     for path in paths:
         try:
-            yield path.stem, path.read_bytes()
-        except OSError as exc:
-            log.warning("library: cannot read %s: %s", path, exc)
-            yield path.stem, b""
+            yield path.stem, path.read_bytes(), ""
+        except OSError as exc:  # a directory, a symlink loop, no permission: the reason, not "empty file"
+            yield path.stem, b"", f"cannot read file: {exc.strerror or exc}"
 
 
 # --------------------------------------------------------------------------- the stage
@@ -243,7 +290,7 @@ class Library:
 
     @classmethod
     def load(cls, folder: str | Path) -> Library:
-        folder = Path(folder)
+        folder = require(folder, "structures.npz", "xrdid library")
         try:
             store = np.load(folder / "structures.npz")
         except (OSError, ValueError) as exc:
@@ -278,12 +325,12 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
     source = params.get("source", "core-mof")
     seed = int(params.get("seed", 0))
     workers = int(params.get("workers", 2))
-    filters = LibraryFilters.from_params(params)
     try:
+        filters = LibraryFilters.from_params(params)
         if source == "core-mof":
             dataset = str(params.get("dataset", "2019-ASR"))
             ids = _select(core_mof_ids(dataset), params.get("select", "all"), seed)
-            entries = iter_core_mof(dataset, set(ids))
+            entries = ((entry_id, data, "") for entry_id, data in iter_core_mof(dataset, set(ids)))
             label = f"core-mof:{dataset}"
         elif source == "folder":
             folder = Path(str(params.get("folder") or ""))
@@ -301,49 +348,89 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
         raise InputError("params.yaml", f"library: {exc}") from exc
 
     out = Path(out_dir)
-    (out / "cif").mkdir(parents=True, exist_ok=True)
-    for old in (out / "cif").glob("*.cif"):  # a rebuilt library holds exactly its own CIFs
-        old.unlink()
-    rows: list[dict[str, Any]] = []
-    crystals: list[Crystal] = []
-    rejects: list[tuple[str, str]] = []
-    jobs = ((entry_id, data, filters) for entry_id, data in entries)
-    bar = tqdm(total=len(ids), desc="library", unit="cif", disable=not progress)
-    with Pool(workers) if workers > 1 else _NoPool() as pool:
-        for entry_id, data, row, crystal, problem in pool.imap(_parse_entry, jobs, chunksize=8):
+    with atomic_dir(out) as tmp:
+        (tmp / "cif").mkdir()
+        rows: list[dict[str, Any]] = []
+        crystals: list[Crystal] = []
+        rejects: list[tuple[str, str]] = []
+        bar = tqdm(total=len(ids), desc="library", unit="cif", disable=not progress)
+        for entry_id, data, row, crystal, problem in _parse_all(entries, filters, workers):
             bar.update()
             if row is None:
                 rejects.append((entry_id, problem))
                 continue
-            (out / "cif" / f"{entry_id}.cif").write_bytes(data)
+            (tmp / "cif" / f"{entry_id}.cif").write_bytes(data)
             rows.append({**row, "source": label})
             crystals.append(crystal)
-    bar.close()
+        bar.close()
 
-    seen = {c.id for c in crystals} | {r[0] for r in rejects}
-    rejects += [(entry_id, "not found in the source") for entry_id in ids if entry_id not in seen]
-    _write_rejects(out / "rejects.csv", rejects)
-    for entry_id, problem in rejects:
-        log.warning("library: %s rejected: %s", entry_id, problem)
-    if not crystals:
-        raise InputError(label, f"no usable CIF among {len(ids)} (see {out / 'rejects.csv'})")
-    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(out / "index.csv", index=False)
-    broken = [row["id"] for row in rows if row["overlaps"]]
-    if broken:  # kept (the peak positions are right); augment can stop trusting their intensities
-        log.warning("library: %d entries have atoms closer than %.1f Å (not physical; simulated intensities "
-                    "unreliable), e.g. %s; see the overlaps column of index.csv",
-                    len(broken), OVERLAP_DISTANCE, ", ".join(broken[:5]))
-    np.savez(
-        out / "structures.npz",
-        ids=np.array([c.id for c in crystals]),
-        lattice=np.stack([c.lattice for c in crystals]),
-        offsets=np.r_[0, np.cumsum([len(c.numbers) for c in crystals])].astype(np.int64),
-        numbers=np.concatenate([c.numbers for c in crystals]).astype(np.int16),
-        frac_coords=np.concatenate([c.frac_coords for c in crystals]),
-        occupancies=np.concatenate([c.occupancies for c in crystals]),
-    )
+        seen = {c.id for c in crystals} | {r[0] for r in rejects}
+        rejects += [(entry_id, "not found in the source") for entry_id in ids if entry_id not in seen]
+        _write_rejects(tmp / "rejects.csv", rejects)
+        for entry_id, problem in rejects:
+            log.warning("library: %s rejected: %s", entry_id, problem)
+        if not crystals:
+            raise InputError(label, f"no usable CIF among {len(ids)} ({len(rejects)} rejected, e.g. "
+                             f"{rejects[0][0]}: {rejects[0][1]})" if rejects else f"no usable CIF among {len(ids)}")
+        pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(tmp / "index.csv", index=False)
+        broken = [row["id"] for row in rows if row["overlaps"]]
+        if broken:  # kept (the peak positions are right); augment can stop trusting their intensities
+            log.warning("library: %d entries have atoms closer than %.1f Å (not physical; simulated intensities "
+                        "unreliable), e.g. %s; see the overlaps column of index.csv",
+                        len(broken), OVERLAP_DISTANCE, ", ".join(broken[:5]))
+        np.savez(  # last: Library.load's marker of a complete folder
+            tmp / "structures.npz",
+            ids=np.array([c.id for c in crystals]),
+            lattice=np.stack([c.lattice for c in crystals]),
+            offsets=np.r_[0, np.cumsum([len(c.numbers) for c in crystals])].astype(np.int64),
+            numbers=np.concatenate([c.numbers for c in crystals]).astype(np.int16),
+            frac_coords=np.concatenate([c.frac_coords for c in crystals]),
+            occupancies=np.concatenate([c.occupancies for c in crystals]),
+        )
     log.info("library: %d entries in %s, %d rejected", len(crystals), out, len(rejects))
     return Library.load(out)
+
+
+# A parser that dies natively (spglib on a cell that slipped past cell_problem) must cost its CIF only.
+_CRASHED = "the parser crashed on this CIF (a native error in spglib or pymatgen)"
+
+
+def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilters,
+               workers: int) -> Iterator[tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]]:
+    """Parse ``entries`` in ``workers`` processes, in input order.
+
+    ``concurrent.futures`` turns a dead worker into ``BrokenProcessPool`` for every pending task
+    (``multiprocessing.Pool`` would wait forever); the batch is then parsed again one CIF per
+    fresh process, so only the CIF that kills its process is rejected and the stage finishes.
+    """
+    pool = ProcessPoolExecutor(workers)
+    try:
+        for batch in _batches(entries, 32 * workers):
+            jobs = [(entry_id, data, filters) for entry_id, data, problem in batch if not problem]
+            try:
+                parsed = iter(list(pool.map(_parse_entry, jobs, chunksize=4)))
+            except BrokenProcessPool:
+                pool.shutdown(cancel_futures=True)
+                parsed = iter([_parse_alone(job) for job in jobs])
+                pool = ProcessPoolExecutor(workers)
+            for entry_id, data, problem in batch:
+                yield (entry_id, data, None, None, problem) if problem else next(parsed)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _parse_alone(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, None, None, str] | tuple:
+    with ProcessPoolExecutor(1) as one:
+        try:
+            return one.submit(_parse_entry, job).result()
+        except BrokenProcessPool:
+            return job[0], job[1], None, None, _CRASHED
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def _write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
@@ -351,23 +438,6 @@ def _write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
         writer = csv.writer(fh)
         writer.writerow(["id", "reason"])
         writer.writerows(rejects)
-
-
-class _NoPool:
-    """In-process stand-in for ``multiprocessing.Pool`` when workers == 1."""
-
-    def __enter__(self) -> _NoPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap(func, iterable, chunksize: int = 1):
-        return map(func, iterable)
-
-
-# --------------------------------------------------------------------------- CLI
 
 
 def read_rejects(folder: str | Path) -> pd.DataFrame:

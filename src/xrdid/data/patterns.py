@@ -15,6 +15,7 @@ from tqdm import tqdm
 from xrdid.config import Grid
 from xrdid.data.library import Library
 from xrdid.errors import InputError
+from xrdid.outputs import atomic_dir, require
 from xrdid.xrd.diffraction import simulate_one
 from xrdid.xrd.measured import wavelength_angstrom
 
@@ -54,7 +55,7 @@ class PatternSet:
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> PatternSet:
-        folder = Path(folder)
+        folder = require(folder, "meta.json", "xrdid simulate")
         try:
             meta = json.loads((folder / "meta.json").read_text())
             refl = np.load(folder / "reflections.npz")
@@ -127,7 +128,6 @@ def simulate_library(
 
     library = Library.load(library_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     n = len(library)
     jobs = ((library.crystal(i), settings) for i in range(n))
     results: list[tuple[Reflections | None, np.ndarray | None, str]] = []
@@ -145,42 +145,44 @@ def simulate_library(
 
     ok = [i for i, (r, _, _) in enumerate(results) if r is not None]
     rejects = [(library.ids[i], results[i][2]) for i in range(n) if results[i][0] is None]
-    with open(out / "rejects.csv", "w") as fh:
-        fh.write("id,reason\n")
-        fh.writelines(f"{i},{json.dumps(reason)}\n" for i, reason in rejects)
     for entry, reason in rejects:
         log.warning("simulate: %s rejected: %s", entry, reason)
     if not ok:
-        raise InputError(library_dir, "no library entry could be simulated")
+        example = f" (e.g. {rejects[0][0]}: {rejects[0][1]})" if rejects else ""
+        raise InputError(library_dir, f"no library entry could be simulated{example}")
+    with atomic_dir(out) as tmp:
+        with open(tmp / "rejects.csv", "w") as fh:
+            fh.write("id,reason\n")
+            fh.writelines(f"{i},{json.dumps(reason)}\n" for i, reason in rejects)
 
-    profiles = np.lib.format.open_memmap(out / "profiles.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(ok), settings.grid.n_points))
-    for row, i in enumerate(ok):
-        profiles[row] = results[i][1]
-    profiles.flush()
-    refls = [results[i][0] for i in ok]
-    np.savez(
-        out / "reflections.npz",
-        offsets=np.r_[0, np.cumsum([len(r) for r in refls])].astype(np.int64),
-        two_theta=np.concatenate([r.two_theta for r in refls]).astype(np.float32),
-        intensity=np.concatenate([r.intensity for r in refls]).astype(np.float32),
-        hkl=np.concatenate([r.hkl for r in refls]).astype(np.int16),
-        multiplicity=np.concatenate([r.multiplicity for r in refls]).astype(np.int32),
-        d_spacing=np.concatenate([r.d_spacing for r in refls]).astype(np.float32),
-    )
-    meta = {
-        "ids": [library.ids[i] for i in ok],
-        "grid": settings.grid.to_dict(),
-        "wavelength": settings.wavelength,
-        "wavelength_angstrom": wavelength_angstrom(settings.wavelength),
-        "reflection_wavelength_angstrom": settings.reflection_wavelength,
-        "doublet": settings.doublet,
-        "profile": settings.profile,
-        "eta": settings.eta,
-        "caglioti": dict(zip("UVW", settings.caglioti)),
-        "debye_waller": settings.debye_waller,
-        "n_rejected": len(rejects),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        profiles = np.lib.format.open_memmap(tmp / "profiles.npy", mode="w+", dtype=np.float32,
+                                             shape=(len(ok), settings.grid.n_points))
+        for row, i in enumerate(ok):
+            profiles[row] = results[i][1]
+        profiles.flush()
+        refls = [results[i][0] for i in ok]
+        np.savez(
+            tmp / "reflections.npz",
+            offsets=np.r_[0, np.cumsum([len(r) for r in refls])].astype(np.int64),
+            two_theta=np.concatenate([r.two_theta for r in refls]).astype(np.float32),
+            intensity=np.concatenate([r.intensity for r in refls]).astype(np.float32),
+            hkl=np.concatenate([r.hkl for r in refls]).astype(np.int16),
+            multiplicity=np.concatenate([r.multiplicity for r in refls]).astype(np.int32),
+            d_spacing=np.concatenate([r.d_spacing for r in refls]).astype(np.float32),
+        )
+        meta = {
+            "ids": [library.ids[i] for i in ok],
+            "grid": settings.grid.to_dict(),
+            "wavelength": settings.wavelength,
+            "wavelength_angstrom": wavelength_angstrom(settings.wavelength),
+            "reflection_wavelength_angstrom": settings.reflection_wavelength,
+            "doublet": settings.doublet,
+            "profile": settings.profile,
+            "eta": settings.eta,
+            "caglioti": dict(zip("UVW", settings.caglioti)),
+            "debye_waller": settings.debye_waller,
+            "n_rejected": len(rejects),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     log.info("simulate: %d patterns written to %s (%d rejected)", len(ok), out, len(rejects))
     return PatternSet.load(out)

@@ -39,17 +39,68 @@ from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
 from xrdid.learn.calibration import NoveltyRule, novelty_evidence
 from xrdid.learn.models import load_model, read_metadata
+from xrdid.xrd.measured import SUPPORTED_SUFFIXES
 from xrdid.xrd.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
 IDENTIFIER_FILE = "identifier.json"
-MEASURED_SUFFIXES = {".xy", ".xye", ".xyd", ".txt", ".csv", ".dat", ".asc", ".xrdml", ".brml", ".raw", ".rasx"}
+MEASURED_SUFFIXES = frozenset(SUPPORTED_SUFFIXES)  # what a folder search picks up: every format the reader reads
 
 
 def library_sha256(path: str | Path) -> str:
     """Content hash of a library index (its rows carry each CIF's own sha256)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_library(path: Path, library: Sequence[Mapping[str, str]], classes: Sequence[str] | None,
+                  recorded_sha256: str | None) -> None:
+    """Refuse a ``library.csv`` that is not the one its identifier was built with.
+
+    Its ids must be the model's classes in order (``classes``: the ids stored in the weights'
+    header) and, when the identifier recorded one, the file must still have its sha256. An edited
+    id would otherwise crash later, and two swapped ids would silently rename the answers, while
+    the provenance still names the original library.
+
+    Raises
+    ------
+    InputError
+        Naming the file and what differs.
+    """
+    if library and "id" not in library[0]:
+        raise InputError(path, "no id column")
+    ids = [row["id"] for row in library]
+    if classes is not None:
+        if len(ids) != len(classes):
+            raise InputError(path, f"{len(ids)} rows but the model has {len(classes)} classes")
+        differ = [(n, got, want) for n, (got, want) in enumerate(zip(ids, classes), 1) if got != want]
+        if differ:
+            n, got, want = differ[0]
+            raise InputError(path, f"{len(differ)} of {len(ids)} ids differ from the model's classes "
+                                   f"(first: row {n} is {got!r}, the model's {want!r})")
+    if recorded_sha256 is not None:  # identifiers built before it was recorded get the id check only
+        actual = library_sha256(path)
+        if actual != recorded_sha256:
+            raise InputError(path, f"sha256 {actual[:12]}... differs from the {recorded_sha256[:12]}... recorded "
+                                   f"in {IDENTIFIER_FILE}: the file was changed after the model was built")
+
+
+def check_top(top: Any, name: str = "top") -> int:
+    """``top`` as a number of candidates: an integer of at least 1 (not a bool, not 2.5).
+
+    The one rule of the CLI's ``--top`` and the served model's ``top`` parameter.
+
+    Examples
+    --------
+    >>> check_top(3)
+    3
+    >>> check_top(0, "--top")
+    Traceback (most recent call last):
+    xrdid.errors.InputError: --top: must be an integer of at least 1, got 0
+    """
+    if isinstance(top, (bool, np.bool_)) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise InputError(name, f"must be an integer of at least 1, got {top!r}")
+    return int(top)
 
 
 @dataclass
@@ -86,7 +137,10 @@ class Identifier:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Identifier:
-        """Load an identifier folder (see the module docstring)."""
+        """Load an identifier folder (see the module docstring).
+
+        Its ``library.csv`` is checked against the model first (see :func:`check_library`).
+        """
 
         folder = Path(folder)
         try:
@@ -94,12 +148,27 @@ class Identifier:
             with open(folder / "library.csv", newline="") as handle:
                 library = list(csv.DictReader(handle))
             model = load_model(folder / "model.safetensors")
-        except (OSError, ValueError, KeyError) as exc:
+            classes = json.loads(read_metadata(folder / "model.safetensors").get("ids", "null"))
+            grid, preprocessing = Grid.from_params(spec["grid"]), spec["preprocessing"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(folder, f"not an xrdid identifier ({exc})") from exc
         if model.n_classes != len(library):
             raise InputError(folder, f"model has {model.n_classes} classes but library.csv {len(library)} rows")
-        return cls(model, library, Grid.from_params(spec["grid"]), spec["preprocessing"],
-                   float(spec.get("temperature", 1.0)), spec.get("provenance", {}), spec.get("novelty"), folder)
+        check_library(folder / "library.csv", library, classes, spec.get("library_csv_sha256"))
+        return cls(model, library, grid, preprocessing, float(spec.get("temperature", 1.0)),
+                   spec.get("provenance", {}), spec.get("novelty"), folder)
+
+    def detach(self) -> Identifier:
+        """Read what is still on disk (the simulated patterns) into memory and forget the folder.
+
+        The folder may then be deleted: a model downloaded from the registry is loaded from a
+        temporary copy that must not outlive the call. Returns the identifier itself.
+        """
+        if self.folder is not None and (self.folder / "patterns").is_dir():
+            self._patterns = PatternSet.load(self.folder / "patterns", mmap=False)
+            self.profiles()
+        self.folder = None
+        return self
 
     @classmethod
     def build(
@@ -156,6 +225,7 @@ class Identifier:
             "temperature": float(temperature),
             "novelty": dict(novelty) if novelty else None,
             "library_sha256": library_sha256(index_path),
+            "library_csv_sha256": library_sha256(folder / "library.csv"),  # what check_library compares
             "provenance": dict(provenance or {}),
         }
         (folder / IDENTIFIER_FILE).write_text(json.dumps(spec, indent=1) + "\n")
@@ -311,6 +381,11 @@ class Identifier:
                 except InputError as exc:
                     results.append({"file": str(path), "error": exc.problem})
                     continue
+                except Exception as exc:  # a failure nobody foresaw costs this file, never the batch
+                    log.debug("reading %s failed", path, exc_info=True)
+                    problem = " ".join(f"unexpected error: {type(exc).__name__}: {exc}".split())
+                    results.append({"file": str(path), "error": problem})
+                    continue
                 ok.append(len(results))
                 results.append({"file": str(path)})
                 rows.append(values)
@@ -335,11 +410,17 @@ class Identifier:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the measured-pattern files inside any folder (sorted, recursive)."""
+    """Files as given, and the measured-pattern files inside any folder (sorted, recursive).
+
+    Inside a folder every entry with a pattern extension that is not itself a folder is kept,
+    unreadable files, broken symlinks and symlink loops included, so that each gets its reason
+    from the reader instead of vanishing from the batch.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in MEASURED_SUFFIXES))
+            found = (p for p in item.rglob("*") if p.suffix.lower() in MEASURED_SUFFIXES and not p.is_dir())
+            files.extend(sorted(found))
         else:
             files.append(item)
     return files

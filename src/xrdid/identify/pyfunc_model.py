@@ -17,7 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from xrdid.identify.identifier import Identifier
+from xrdid.errors import InputError
+from xrdid.identify.identifier import Identifier, check_top
 
 
 class IdentifierModel(PythonModel):
@@ -28,12 +29,20 @@ class IdentifierModel(PythonModel):
         self.identifier = Identifier.from_folder(context.artifacts["identifier"])
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
-        X = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        if X.ndim == 1:
-            X = X[None, :]
+        """Ranked candidates of each row; a bad row or ``top`` is the client's fault.
+
+        ``top`` follows the CLI's rule and message (:func:`~xrdid.identify.identifier.check_top`):
+        an integer of at least 1, larger ones meaning the whole library. A bad request raises
+        :class:`MlflowException` ``INVALID_PARAMETER_VALUE``, which the scoring server answers
+        with a 400 and the reason (any other exception gets a generic "unexpected error").
+        """
         try:
-            return self.identifier.identify(X, None, int((params or {}).get("top", 5)))
-        except ValueError as exc:  # wrong length, NaN: the client's fault, answered with a 400
+            top = check_top((params or {}).get("top", 5))
+            X = np.atleast_2d(np.asarray(getattr(model_input, "values", model_input), dtype=np.float32))
+            if X.size == 0:
+                raise ValueError("no patterns given")
+            return self.identifier.identify(X, None, top)
+        except (InputError, ValueError, TypeError) as exc:  # wrong length, NaN, strings, top=0
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 
 

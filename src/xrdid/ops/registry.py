@@ -16,7 +16,6 @@ import numpy as np
 
 from xrdid.config import Grid
 from xrdid.errors import InputError
-from xrdid.identify import pyfunc_model
 from xrdid.identify.identifier import IDENTIFIER_FILE, Identifier
 from xrdid.learn.models import save_model
 from xrdid.ops.tracking import git_commit, resolve_uri
@@ -53,6 +52,9 @@ def log_identifier(
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     import xrdid
+
+    # imported here, not at the top: importing it defines an MLflow model, which warns on stderr
+    from xrdid.identify import pyfunc_model
 
     grid = Grid.from_params(params["grid"])
     run = mlflow.active_run()
@@ -230,7 +232,11 @@ def pull(uri: str, to: str | Path) -> Path:
 
 
 def load_identifier(uri: str | Path) -> Identifier:
-    """An identifier folder, an MLflow model folder, or a ``models:/`` / ``runs:/`` URI."""
+    """An identifier folder, an MLflow model folder, or a ``models:/`` / ``runs:/`` URI.
+
+    A URI's model is downloaded to a temporary folder, read into memory and the folder deleted,
+    also when loading fails: nothing is left behind in the temporary directory.
+    """
     local = Path(uri)
     if local.is_dir():
         if (local / IDENTIFIER_FILE).is_file():
@@ -240,5 +246,5 @@ def load_identifier(uri: str | Path) -> Identifier:
         raise InputError(local, "neither an identifier folder nor an MLflow model folder of xrdid")
     if "://" not in str(uri) and ":/" not in str(uri):
         raise InputError(uri, "no such model folder")
-    target = Path(tempfile.mkdtemp(prefix="xrdid-model-"))
-    return Identifier.from_folder(download_identifier(str(uri), target))
+    with tempfile.TemporaryDirectory(prefix="xrdid-model-") as target:
+        return Identifier.from_folder(download_identifier(str(uri), target)).detach()

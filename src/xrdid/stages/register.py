@@ -13,7 +13,7 @@ import numpy as np
 
 from xrdid.config import load_params
 from xrdid.data.patterns import PatternSet
-from xrdid.data.splits import load_split
+from xrdid.data.splits import load_split, read_meta
 from xrdid.errors import InputError
 from xrdid.identify.explain import nca_map
 from xrdid.learn.calibration import (
@@ -86,7 +86,7 @@ def run(
         for extra in ("summary.json", "history.json"):
             mlflow.log_artifact(str(models_dir / extra), artifact_path="training")
         model = load_model(models_dir / "model.safetensors")
-        meta = json.loads(Path(augmented_dir, "meta.json").read_text())
+        meta = read_meta(augmented_dir)
         temperature, novelty, example = _calibrate(model, meta["ids"], params, augmented_dir, patterns_dir)
         if ((params.get("evaluate") or {}).get("measured") or {}).get("labels"):
             _log_nca(params, models_dir, patterns_dir, augmented_dir)

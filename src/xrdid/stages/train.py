@@ -19,7 +19,7 @@ from xrdid.config import load_params
 from xrdid.data.augment import Augmenter, load_noise_bank
 from xrdid.data.library import Library
 from xrdid.data.patterns import PatternSet
-from xrdid.data.splits import load_split
+from xrdid.data.splits import load_split, read_meta
 from xrdid.errors import InputError
 from xrdid.learn.datasets import ArrayDataset, GeneratorDataset
 from xrdid.learn.inference import predict_proba
@@ -69,7 +69,7 @@ def train_model(
     config = TrainConfig.from_params(train_params)
     X_train, y_train = load_split(augmented_dir, "train")
     X_val, y_val = load_split(augmented_dir, "val")
-    meta = json.loads(Path(augmented_dir, "meta.json").read_text())
+    meta = read_meta(augmented_dir)
     n_classes = len(meta["ids"])
     model_params = dict(params.get("model", {"name": "xrdnet"}))
     seed_everything(config.seed, config.deterministic)  # the initial weights depend on the seed too

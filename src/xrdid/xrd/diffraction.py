@@ -89,6 +89,10 @@ class Reflections:
         ]
 
 
+# ~100 bytes each through the structure-factor sums: a few hundred MB at most.
+MAX_REFLECTIONS = 5_000_000
+
+
 def reflections(
     crystal: Crystal,
     wavelength: str | float = "CuKa",
@@ -121,6 +125,11 @@ def reflections(
     lo, hi = two_theta_range
     r_min, r_max = (2 * math.sin(math.radians(t / 2)) / lam for t in (lo, min(hi, 180.0)))
     lattice = np.asarray(crystal.lattice, dtype=float)
+    # Half the reciprocal points in the sphere of radius r_max: refuse before allocating for them.
+    expected = 2 * math.pi / 3 * r_max**3 * abs(np.linalg.det(lattice))
+    if not expected <= MAX_REFLECTIONS:
+        raise ValueError(f"cell of {abs(np.linalg.det(lattice)):.3g} Å³ has ~{expected:.2g} reflections up to "
+                         f"2θ = {hi:g}°, over the memory budget of {MAX_REFLECTIONS:.0e}")
     recip = np.linalg.inv(lattice).T  # rows a*, b*, c* (crystallographic, no 2π)
 
     shell = _half_space_points(recip, np.linalg.norm(lattice, axis=1), r_min, r_max)

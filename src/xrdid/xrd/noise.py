@@ -59,7 +59,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from xrdid.config import Grid
 from xrdid.errors import InputError
+from xrdid.outputs import atomic_dir, require
 from xrdid.xrd.measured import SUPPORTED_SUFFIXES, Pattern, wavelength_angstrom
 
 log = logging.getLogger(__name__)
@@ -137,14 +138,14 @@ class NoiseBank:
         return str(self.meta.get("kind"))
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``noise.npy``, ``covered.npy``, ``sources.csv``, ``rejects.csv``, ``meta.json``."""
+        """Write ``noise.npy``, ``covered.npy``, ``sources.csv``, ``rejects.csv``, ``meta.json`` (whole or not at all)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "noise.npy", self.noise.astype(np.float32))
-        np.save(folder / "covered.npy", self.covered.astype(bool))
-        (folder / "sources.csv").write_text(_csv(self.sources, _SOURCE_COLUMNS))
-        (folder / "rejects.csv").write_text(_csv(self.rejects, ["source", "problem"]))
-        (folder / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "noise.npy", self.noise.astype(np.float32))
+            np.save(tmp / "covered.npy", self.covered.astype(bool))
+            (tmp / "sources.csv").write_text(_csv(self.sources, _SOURCE_COLUMNS))
+            (tmp / "rejects.csv").write_text(_csv(self.rejects, ["source", "problem"]))
+            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return folder
 
     @classmethod
@@ -156,8 +157,8 @@ class NoiseBank:
         InputError
             A file of the bank is missing.
         """
-        folder = Path(folder)
-        for name in ("noise.npy", "sources.csv", "meta.json"):
+        folder = require(folder, "meta.json", "xrdid noise")
+        for name in ("noise.npy", "sources.csv"):
             if not (folder / name).is_file():
                 raise InputError(folder / name, "missing: run `xrdid noise` (or dvc repro noise)")
         noise = np.load(folder / "noise.npy")

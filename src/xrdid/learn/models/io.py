@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +28,13 @@ def save_model(model: XRDModel, path: str | Path, metadata: Mapping[str, str] | 
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "xrdid_model": json.dumps(model.config)}
-    save_file(state, str(path), metadata=meta)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # renamed when whole: never a truncated model
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -10,7 +10,6 @@ when one is configured.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xrdid.data.splits import load_split, split_sizes
+from xrdid.data.splits import load_split, read_meta, split_sizes
 from xrdid.errors import InputError
 
 if TYPE_CHECKING:
@@ -110,10 +109,7 @@ class TuneData:
         too (its Top-k is logged beside the objective).
         """
         folder = Path(folder)
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            raise InputError(folder, "augmented set not found (no meta.json): run `xrdid augment` (dvc repro augment)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(folder)
         X_train, y_train = load_split(folder, "train")
         X_val, y_val = load_split(folder, "val")
         data = cls(X_train, np.asarray(y_train), X_val, np.asarray(y_val), list(meta["ids"]), dict(meta["grid"]),
