@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff236 rruff ui clean
+.PHONY: help venv run repro test test-fast bench rruff236 rruff ui clean metrics plots
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,17 @@ bench: venv ## run the benchmarks (ratios against references measured in the sam
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/predict.py
+
+# One table per folder instead of `dvc metrics show` (a column per key of every metrics.json);
+# stdlib only, so no venv is needed.
+metrics: ## print Top-1..5 of the default pipeline and each profile run so far (rows: methods, columns: k)
+	@$(PYTHON) scripts/metrics_table.py
+
+# dvc plots show says only "failed to load some plots" for a profile not run yet: name it first.
+PLOTS_OUT ?= dvc_plots
+plots: venv ## write the Top-k plots of the default pipeline and each profile to dvc_plots/index.html
+	@$(PYTHON) scripts/metrics_table.py --absent plots/topk.csv
+	$(BIN)/dvc plots show -o $(PLOTS_OUT)
 
 MLFLOW_PORT ?= 5000
 ui: venv ## open the MLflow UI on the tracking store (sqlite:///mlruns/mlflow.db) at http://127.0.0.1:5000 (MLFLOW_PORT=...)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,23 @@ def test_material_tables_need_the_matching_library(tmp_path: Path) -> None:
     patterns.profiles = np.array([[1.0, 0.0], [1.0, 0.01]])
     tables = _material_tables({"cnn": np.array([[0.9, 0.1]])}, test, patterns, tmp_path, tmp_path / "m.csv")
     assert tables["n_materials"] == 1 and tables["measured_material"]["cnn"]["top1"] == 1.0
+
+
+def _table(top1: float, n: int = 4, **by_source: dict) -> dict:
+    return {**{f"top{k}": min(1.0, top1 + 0.1 * (k - 1)) for k in range(1, 6)}, "n": n, **by_source}
+
+
+def test_topk_csv_has_one_row_per_set_method_and_k(tmp_path: Path) -> None:
+    from xrdid.stages.evaluate import _write_topk_csv
+
+    metrics = {"n_library": 3, "validation": {"cnn": _table(0.9), "knn": _table(0.5)},
+               "measured": {"cnn": _table(0.6, RRUFF=_table(0.7)), "search_match": _table(0.4)},
+               "measured_failed": 0, "measured_material": {"cnn": _table(0.8)}}
+    _write_topk_csv(tmp_path / "topk.csv", metrics)
+    rows = list(csv.DictReader((tmp_path / "topk.csv").open()))
+    assert list(rows[0]) == ["set", "method", "k", "accuracy"]  # long format: the DVC template's fields
+    keys = [(r["set"], r["method"], int(r["k"])) for r in rows]
+    sets = ("validation", "measured", "measured_material")
+    expected = [(s, m, k) for s in sets for m in metrics[s] for k in range(1, 6)]
+    assert keys == expected  # no per-source rows: those stay in metrics.json
+    assert float(rows[-1]["accuracy"]) == pytest.approx(1.0) and float(rows[5]["accuracy"]) == pytest.approx(0.5)

@@ -16,12 +16,19 @@ from xrdid.identify.explain import (
     plot_explanation,
 )
 from xrdid.identify.identifier import Identifier, check_top, expand_inputs
+from xrdid.identify.names import (
+    DisplayName,
+    display_names,
+    format_probability,
+    wavelength_label,
+)
 from xrdid.ops.registry import load_identifier, promote, pull
 from xrdid.ops.tracking import configure
 from xrdid.stages.options import add_progress
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
     from typing import Any
 
 
@@ -44,7 +51,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
                    help="models:/NAME@champion, runs:/RUN/model, an MLflow model folder or a pulled folder")
     p.add_argument("--top", type=int, default=5, help="candidates per file (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line and file (the contract)")
-    p.add_argument("--csv", metavar="PATH", help="also write a CSV summary (file, rank 1 id, probability, error)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="also write a CSV summary: one row per file (rank-1 id, name, reduced formula, probability, "
+                        "in_library, the top ids joined by ';', warnings, error)")
     p.add_argument("--explain", metavar="DIR",
                    help="save one PNG per file: the pattern with its class activation map over the best candidates")
     p.add_argument("--report", metavar="HTML", help="write an HTML report (top-5 table, plot, warnings per file)")
@@ -60,6 +69,8 @@ def add_pull(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     check_top(args.top, "--top")  # the served model's rule and message too
     identifier = load_identifier(args.model)
     files = expand_inputs(args.inputs)
@@ -68,40 +79,94 @@ def _predict(args: argparse.Namespace) -> int:
     explain = Path(args.explain) if args.explain else (Path(args.report).with_suffix("") if args.report else None)
     if explain is not None:
         explain.mkdir(parents=True, exist_ok=True)
+    names = display_names(identifier.library)
+    model, conditions = _describe(identifier, args.model)
+    progress = args.progress and len(files) > 1
+
+    def say(text: str) -> None:
+        """A line for the chemist, above any progress bar; none with --json (stdout: JSON, stderr: errors)."""
+        if not args.json:
+            tqdm.write(text, file=sys.stdout)
+
+    say(f"model {model} ({len(identifier.library)} library entries) · {conditions}")
     failed = 0
     summary = []
-    results = identifier.predict_files(files, args.top, progress=args.progress and len(files) > 1,
-                                       keep_rows=explain is not None)
+    results = identifier.predict_files(files, args.top, progress=progress, keep_rows=explain is not None)
+    plots = None  # opened at the first plot, so that it sits below the reading bar
     for result in results:
         if "error" in result:
             failed += 1
             print(f"xrdid: error: {printable(result['file'])}: {result['error']}", file=sys.stderr)
         elif explain is not None:
-            result["image"] = str(_explain(identifier, result, explain, len(summary)))
+            if plots is None:  # the slow part (~0.6 s a file): its own per-file bar
+                plots = tqdm(total=len(files) - len(summary), desc="explain", unit="file", disable=not progress)
+            result["image"] = str(_explain(identifier, result, explain, len(summary), names))
+        if plots is not None:
+            plots.update(1)
         public = {k: v for k, v in result.items() if k not in ("row", "covered")}
         if args.json:
             print(json.dumps(public), flush=True)
         elif "candidates" in result:
-            best = "  ".join(f"{c['id']} ({c['formula']}) {c['probability']:.3f}" for c in result["candidates"][:3])
-            flag = "" if result.get("in_library") is not False else "  [not in library?]"
-            print(f"{printable(result['file'])}: {best}{flag}")
+            say(_answer(result, names))
         summary.append(public)
+    if plots is not None:
+        plots.close()
     if args.csv:
-        _write_summary(Path(args.csv), summary)
+        _write_summary(Path(args.csv), summary, names)
+        say(f"CSV written to {args.csv}")
+    flagged = sum(entry.get("in_library") is False for entry in summary)
     if args.report:
-
         p = identifier.provenance
-        meta = {"model": f"{p.get('model_name', args.model)} v{p.get('model_version', '?')}",
+        meta = {"model": model, "conditions": conditions,
                 "library": f"{len(identifier.library)} entries, sha256 {p.get('library_sha256', '')[:12]}",
-                "temperature": f"{identifier.temperature:.2f}"}
+                "temperature": f"{identifier.temperature:.2f}",
+                "flagged": f"{flagged} of {len(summary)} files not in the library?"}
         for entry in summary:
             if entry.get("in_library") is False:
                 entry["warnings"] = ["NOT IN LIBRARY? " + "; ".join(entry["warnings"])]
-        html_report(summary, args.report, meta=meta)
+        html_report(summary, args.report, meta=meta, names=names)
+        counts = f"{len(summary)} files, {flagged} flagged" + (f", {failed} failed" if failed else "")
+        say(f"report written to {args.report} ({counts}); its plots in {explain}")
+    elif args.explain:
+        say(f"explanations written to {explain} ({len(summary) - failed} plots)")
     return 2 if failed else 0
 
 
-def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, number: int) -> Path:
+def _describe(identifier: Identifier, uri: str) -> tuple[str, str]:
+    """The header's two parts: the model's name and version; the wavelength and 2θ range patterns are compared at.
+
+    A scan is converted through d-spacing from the wavelength its file records, else from the
+    default wavelength: a chemist checks both against the instrument.
+    """
+    p, pre, grid = identifier.provenance, identifier.preprocessing, identifier.grid
+    model = f"{p['model_name']} v{p.get('model_version', '?')}" if p.get("model_name") else str(uri)
+    conditions = (f"2θ {grid.start:g}–{grid.stop:g}° at {wavelength_label(pre.get('wavelength', 'CuKa'))}; "
+                  f"scans that record no wavelength: {pre.get('default_wavelength', 'CuKa')}")
+    return model, conditions
+
+
+def _answer(result: dict[str, Any], names: Mapping[str, DisplayName]) -> str:
+    """A file's terminal answer: its best three candidates, then a line with the reason of any flag or warning.
+
+    The reason is the not-in-library rule's evidence in words (``low confidence (top probability
+    0.12 < 0.45)``, ``little diffraction signal ...``), or a note (overlapping atoms, low coverage).
+    """
+    shown = [f"{_label(c, names)} {format_probability(c['probability'])}" for c in result["candidates"][:3]]
+    line = f"{printable(result['file'])}: {' | '.join(shown)}"
+    warnings = [printable(w) for w in result.get("warnings") or []]
+    if result.get("in_library") is False:
+        why = "; ".join(warnings) or "flagged by the not-in-library rule"
+        return f"{line}  [not in library?]\n  why: {why}"
+    return f"{line}\n  note: {'; '.join(warnings)}" if warnings else line
+
+
+def _label(candidate: Mapping[str, Any], names: Mapping[str, DisplayName]) -> str:
+    shown = names.get(candidate["id"])
+    return printable(shown.label() if shown else f"{candidate['id']} ({candidate.get('formula', '')})")
+
+
+def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, number: int,
+             names: Mapping[str, DisplayName]) -> Path:
     """Grad-CAM of the best candidate over the pattern, with the top-3 candidates' profiles and hkl."""
 
     patterns = identifier.patterns()
@@ -109,7 +174,11 @@ def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, numbe
     best = identifier.ids.index(top[0]["id"])
     cam = grad_cam(identifier.model, result["row"][None], target=best)[0]
     rows = patterns.rows([c["id"] for c in top])
-    candidates = [make_candidate(patterns, int(r), c["probability"], c["formula"]) for r, c in zip(rows, top)]
+    candidates = []
+    for r, c in zip(rows, top):
+        shown = names.get(c["id"])
+        candidate = make_candidate(patterns, int(r), c["probability"], shown.formula if shown else c["formula"])
+        candidates.append(dict(candidate, name=f"{shown.name} {shown.common}".strip() if shown else c["id"]))
     path = folder / f"{number:04d}_{Path(result['file']).stem}.png"
     verdict = "" if result.get("in_library") is not False else "  [not in library?]"
     plot_explanation(identifier.grid, result["row"], result["covered"], cam, candidates, path,
@@ -126,15 +195,29 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_summary(path: Path, results: list[dict[str, Any]]) -> None:
-    """One row per file: its best candidate, or its error."""
+CSV_FIELDS = ("file", "id", "name", "formula", "probability", "in_library", "top_ids", "warnings", "error")
+
+
+def _write_summary(path: Path, results: list[dict[str, Any]], names: Mapping[str, DisplayName]) -> None:
+    """One row per file (columns :data:`CSV_FIELDS`, LF line ends): its best candidate, or its error.
+
+    ``id`` is the rank-1 entry's full library id, ``name`` and ``formula`` how a chemist reads it
+    (short id, reduced formula), ``probability`` the full float, ``in_library`` ``true``/``false``
+    (empty without a not-in-library rule), ``top_ids`` the full ids of ranks 1..k joined by ``;``
+    (one column whatever ``--top`` is) and ``warnings`` the reasons joined by ``; ``.
+    """
     try:
         with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "id", "formula", "probability", "error"])
+            writer = csv.writer(handle, lineterminator="\n")  # csv's default is CRLF
+            writer.writerow(CSV_FIELDS)
             for r in results:
-                best = (r.get("candidates") or [{}])[0]
-                writer.writerow([r["file"], best.get("id", ""), best.get("formula", ""), best.get("probability", ""),
+                candidates = r.get("candidates") or []
+                best = candidates[0] if candidates else {}
+                shown = names.get(best.get("id", ""))
+                verdict = {True: "true", False: "false"}.get(r.get("in_library"), "")
+                writer.writerow([r["file"], best.get("id", ""), shown.name if shown else best.get("id", ""),
+                                 shown.formula if shown else best.get("formula", ""), best.get("probability", ""),
+                                 verdict, ";".join(c["id"] for c in candidates), "; ".join(r.get("warnings") or []),
                                  r.get("error", "")])
     except OSError as exc:  # the answers are printed already; say why the CSV is missing in one line
         raise InputError(path, f"cannot write the CSV summary: {exc.strerror or exc}") from exc

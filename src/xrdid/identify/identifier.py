@@ -367,11 +367,12 @@ class Identifier:
 
         Files are read and ranked in batches; a file that cannot be read yields its error and the
         rest go on. ``keep_rows`` adds the preprocessed ``row`` and ``covered`` arrays (for
-        explanations; not JSON).
+        explanations; not JSON). ``progress`` shows a bar that counts files as they are read
+        (reading is most of the time here; the ranking of a batch follows its last file).
         """
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), desc="predict", unit="file", disable=not progress)
+        bar = tqdm(total=len(paths), desc="identify", unit="file", disable=not progress)
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             rows, masks, ok, results = [], [], [], []
@@ -386,6 +387,8 @@ class Identifier:
                     problem = " ".join(f"unexpected error: {type(exc).__name__}: {exc}".split())
                     results.append({"file": str(path), "error": problem})
                     continue
+                finally:
+                    bar.update(1)  # per file read, not per batch: a batch of 256 files would jump 0 -> 256
                 ok.append(len(results))
                 results.append({"file": str(path)})
                 rows.append(values)
@@ -396,7 +399,8 @@ class Identifier:
                     results[i].update(found, provenance=self.provenance_summary())
                     if keep_rows:
                         results[i].update(row=X[n], covered=M[n])
-            bar.update(len(chunk))
+            if start + batch_size >= len(paths):  # done before the caller's slow work on the results
+                bar.close()
             yield from results
         bar.close()
 

@@ -111,7 +111,9 @@ def register(model_uri: str, name: str, test_set: str, scores: Mapping[str, floa
     The version records ``test_set`` (what the scores were measured on) and ``top1``..``top5``.
     It beats the champion when both were scored on the same test set and its Top-1 is higher
     (ties broken by Top-5); a champion scored on another test set is kept (``xrdid promote``
-    moves the alias by hand). Without a champion the new version becomes one.
+    moves the alias by hand). Without a champion the new version becomes one; its
+    ``champion_decision`` tag says so ("first version: champion by default"), not "no champion
+    yet", which read as if the version holding the alias were none.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -121,7 +123,8 @@ def register(model_uri: str, name: str, test_set: str, scores: Mapping[str, floa
     current = champion(name)
     new = (float(scores["top1"]), float(scores.get("top5", scores["top1"])))
     if current is None:
-        promote, why = True, "no champion yet"
+        first = str(version.version) == "1"
+        promote, why = True, ("first version" if first else "no version held the alias") + ": champion by default"
     elif current.tags.get("test_set") != test_set:
         promote, why = False, f"champion v{current.version} was scored on another test set"
     elif new > _score(current):

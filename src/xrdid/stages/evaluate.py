@@ -208,11 +208,20 @@ def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns:
     return {"n_materials": len(names), "measured_material": tables}
 
 
+TOPK_SETS = ("validation", "measured", "measured_material")
+
+
 def _write_topk_csv(path: Path, metrics: dict[str, Any]) -> None:
+    """Top-k accuracy in long format: one row per (set, method, k).
+
+    Long rather than one column per method: the methods vary with ``params.yaml`` (classical
+    baselines, denoise), and the ``topk`` DVC template (``.dvc/plots/topk.json``) draws one line
+    per ``method`` and one panel per ``set`` from whatever rows there are.
+    """
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["set", "method", "k", "accuracy"])
-        for dataset in ("validation", "measured"):
+        for dataset in TOPK_SETS:
             for method, table in (metrics.get(dataset) or {}).items():
                 writer.writerows([dataset, method, k, round(table[f"top{k}"], 6)] for k in TOP_K)
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xrdid.identify.names import format_probability
+
 if TYPE_CHECKING:
     from xrdid.config.grid import Grid
     from xrdid.data.patterns import PatternSet
@@ -59,6 +61,12 @@ def make_candidate(patterns: PatternSet, index: int, probability: float, formula
     }
 
 
+def _p_text(p: float) -> str:
+    """``= 0.420``, ``> 0.99``: the legend's probability, never a false ``1.000``."""
+    text = format_probability(p)
+    return text if text[0] in "<>" else f"= {text}"
+
+
 def _label_positions(peaks: np.ndarray, strength: np.ndarray, n_label: int, min_gap: float) -> np.ndarray:
     """Indices of the strongest peaks to label, skipping one closer than ``min_gap`` to a stronger one."""
     chosen: list[int] = []
@@ -94,9 +102,10 @@ def plot_explanation(
     pattern, covered : the measured row on the grid (n_points) and its covered mask (or None).
     cam : (n_points,) Grad-CAM in [0, 1] (:func:`grad_cam`), usually for the top candidate.
     candidates : best first; dicts with ``id``, ``formula``, ``probability``, ``profile``
-        (n_points) and optionally ``peaks`` (2θ of the reflections), ``hkl`` (one label per
-        peak, e.g. from :func:`format_hkl`) and ``intensity`` (picks the strongest; else the
-        profile's height at each peak). :func:`make_candidate` builds them.
+        (n_points) and optionally ``name`` (shown instead of ``id``), ``peaks`` (2θ of the
+        reflections), ``hkl`` (one label per peak, e.g. from :func:`format_hkl`) and ``intensity``
+        (picks the strongest; else the profile's height at each peak). :func:`make_candidate`
+        builds them.
     path : PNG file to write.
     title : figure title (e.g. the file name).
     n_label : hkl labels per candidate.
@@ -141,8 +150,8 @@ def plot_explanation(
     cmap = LinearSegmentedColormap.from_list("cam", ["#f4f4f4", "#fdd49e", "#fc8d59", "#d7301f", "#7f0000"])
     colors = plt.get_cmap("tab10").colors
 
-    labels = [f"#{i}  {c['id']}" + (f"  ({c['formula']})" if c.get("formula") else "")
-              + f"   p = {float(c['probability']):.3f}" for i, c in enumerate(candidates, start=1)]
+    labels = [f"#{i}  {c.get('name') or c['id']}" + (f"  ({c['formula']})" if c.get("formula") else "")
+              + f"   p {_p_text(c['probability'])}" for i, c in enumerate(candidates, start=1)]
     ncols = 2 if max(map(len, labels), default=0) < 60 else 1
     rows = -(-(k + 1) // ncols)
     header, body = 0.45 + 0.2 * rows, 1.9 + 1.2 * k  # inches: title + legend + colour bar; the traces

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from xrdid.identify.names import DisplayName, format_probability
 
 __all__ = ["html_report"]
 
@@ -35,8 +38,9 @@ img { max-width: 100%; }
 <tr><td class="num">{{ loop.index }}</td><td><a href="#entry-{{ loop.index }}">{{ e.file }}</a></td>
 {% if e.error %}<td colspan="3"></td><td class="fail">failed: {{ e.error }}</td>
 {% else %}{% set best = e.candidates[0] if e.candidates else {} %}
-<td>{{ best.id }}</td><td>{{ best.formula }}</td>
-<td class="num">{{ "%.3f"|format(best.probability) if best.probability is number }}</td>
+<td{% if best.name != best.id %} title="{{ best.id }}"{% endif %}>{{ best.name }}
+{%- if best.common %} <i>{{ best.common }}</i>{% endif %}</td><td>{{ best.formula }}</td>
+<td class="num">{{ best.p_text }}</td>
 <td class="{{ 'warn' if e.warnings else 'ok' }}">
 {%- if e.warnings %}⚠ {{ e.warnings[0]|truncate(70) }}
 {%- if e.warnings|length > 1 %} (+{{ e.warnings|length - 1 }} more){% endif %}
@@ -51,8 +55,9 @@ img { max-width: 100%; }
 {% if e.warnings %}<ul class="warnings">{% for w in e.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
 {% if e.candidates %}
 <table><tr><th>rank</th><th>id</th><th>formula</th><th>probability</th></tr>
-{% for c in e.candidates %}<tr><td class="num">{{ loop.index }}</td><td>{{ c.id }}</td><td>{{ c.formula }}</td>
-<td class="num">{{ "%.3f"|format(c.probability) }}</td></tr>
+{% for c in e.candidates %}<tr><td class="num">{{ loop.index }}</td>
+<td{% if c.name != c.id %} title="{{ c.id }}"{% endif %}>{{ c.name }}{% if c.common %} <i>{{ c.common }}</i>{% endif %}</td>
+<td>{{ c.formula }}</td><td class="num">{{ c.p_text }}</td></tr>
 {% endfor %}</table>
 {% endif %}
 {% if e.image %}<img src="{{ e.image }}" alt="explanation of {{ e.file }}">{% endif %}
@@ -70,11 +75,22 @@ def _image_src(image: str | Path | bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _shown(candidate: Mapping[str, Any], names: Mapping[str, DisplayName]) -> dict[str, Any]:
+    """A candidate with what the report prints: ``name``, ``common``, ``formula`` and ``p_text``."""
+    entry = str(candidate.get("id", ""))
+    shown = names.get(entry)
+    probability = float(candidate.get("probability", float("nan")))
+    return dict(candidate, id=entry, name=shown.name if shown else entry, common=shown.common if shown else "",
+                formula=shown.formula if shown else candidate.get("formula", ""), probability=probability,
+                p_text=format_probability(probability) if math.isfinite(probability) else "")
+
+
 def html_report(
     entries: Sequence[Mapping[str, Any]],
     path: str | Path,
     title: str = "xrdid identification report",
     meta: Mapping[str, Any] | None = None,
+    names: Mapping[str, DisplayName] | None = None,
 ) -> Path:
     """Write a self-contained HTML report: a summary table, then one section per file.
 
@@ -89,7 +105,11 @@ def html_report(
         file could not be read; optional, then no candidates are needed).
     path : HTML file to write.
     title : page title.
-    meta : shown under the title (e.g. model name and version, library hash).
+    meta : shown under the title (e.g. model name and version, wavelength, library hash).
+    names : library id → how to show it (:func:`~xrdid.identify.names.display_names`: short id,
+        reduced formula, mineral); the full id becomes the cell's tooltip. Without it (or for an
+        id it lacks) the id and ``formula`` are shown as given. Probabilities are shown by
+        :func:`~xrdid.identify.names.format_probability` (``> 0.99``, never ``1.000``).
 
     Returns
     -------
@@ -112,7 +132,7 @@ def html_report(
     for e in entries:
         if "file" not in e:
             raise ValueError("every report entry needs a 'file'")
-        candidates = [dict(c, probability=float(c.get("probability", float("nan")))) for c in e.get("candidates") or []]
+        candidates = [_shown(c, names or {}) for c in e.get("candidates") or []]
         rows.append({
             "file": str(e["file"]),
             "candidates": candidates,
