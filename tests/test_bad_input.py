@@ -24,10 +24,14 @@ def _cases() -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _xrdid(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "xrdid", *args], capture_output=True, text=True, timeout=TIMEOUT,
-                          cwd=cwd, env=env)
+def _xrdid(*args: str, tmp: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``xrdid`` with its own empty temporary folder, which must still be empty afterwards."""
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp)}
+    result = subprocess.run([sys.executable, "-m", "xrdid", *args], capture_output=True, text=True, timeout=TIMEOUT,
+                            cwd=cwd, env=env)
+    assert not any(tmp.iterdir()), f"left in the temporary folder: {sorted(p.name for p in tmp.iterdir())}"
+    return result
 
 
 def _materialise(name: str, tmp: Path) -> Path:
@@ -65,7 +69,7 @@ def _check_one_line(result: subprocess.CompletedProcess[str], case: dict[str, st
 )
 def test_command_outcome(case: dict[str, str], tmp_path: Path) -> None:
     path = _materialise(case["file"], tmp_path)
-    result = _xrdid(case["command"], str(path))
+    result = _xrdid(case["command"], str(path), tmp=tmp_path / "tmp")
     _check_one_line(result, case, path.name)
 
 
@@ -81,9 +85,11 @@ def corpus_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if case["command"] == "library":
             shutil.copy(CORPUS / case["file"], folder / Path(case["file"]).name)
     (root / "params.yaml").write_text(f"library:\n  source: folder\n  folder: {folder}\n  select: all\n  workers: 2\n")
-    result = _xrdid("library", "--params", "params.yaml", "--out", "library", "--no-progress", cwd=root)
+    result = _xrdid("library", "--params", "params.yaml", "--out", "library", "--no-progress", cwd=root,
+                    tmp=root / "tmp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["cif", "library", "params.yaml", "tmp"]  # no .library.tmp-*
     return root / "library"
 
 
