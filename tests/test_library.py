@@ -234,3 +234,16 @@ def test_unreadable_entries_say_why(cif_folder: Path, tmp_path: Path) -> None:
     rejects = read_rejects(tmp_path / "lib").set_index("id")["reason"]
     assert rejects["folder"] == "cannot read file: Is a directory"
     assert rejects["loop"] == "cannot read file: Too many levels of symbolic links"
+
+
+def test_a_parser_crash_among_many_batches_costs_its_cif_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 300 CIFs: several batches are in flight when the worker dies, and all of them come back
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"nacl_{i:03d}.cif").write_text(NACL)
+    (folder / "cuau.cif").write_bytes((DATA / "partial_occupancy.cif").read_bytes())  # sorts among the first
+    monkeypatch.setattr(library_module, "_parse_entry", _parse_or_crash)
+    lib = build_library({"source": "folder", "folder": str(folder), "workers": 2}, tmp_path / "lib", progress=False)
+    assert lib.ids == sorted(f"nacl_{i:03d}" for i in range(300))
+    assert read_rejects(tmp_path / "lib")["id"].tolist() == ["cuau"]

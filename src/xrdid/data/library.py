@@ -29,7 +29,8 @@ import hashlib
 import logging
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -104,7 +105,11 @@ class LibraryFilters:
         return ""
 
 
-def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]:
+# (id, CIF bytes, index row, crystal, reason): row and crystal are None when rejected for reason
+_Parsed = tuple[str, bytes, "dict[str, Any] | None", "Crystal | None", str]
+
+
+def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> _Parsed:
     """Worker: parse and describe one CIF; never raises."""
     from pymatgen.core import Lattice
 
@@ -395,31 +400,56 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
 _CRASHED = "the parser crashed on this CIF (a native error in spglib or pymatgen)"
 
 
-def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilters,
-               workers: int) -> Iterator[tuple[str, bytes, dict[str, Any] | None, Crystal | None, str]]:
+def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilters, workers: int) -> Iterator[_Parsed]:
     """Parse ``entries`` in ``workers`` processes, in input order.
 
-    ``concurrent.futures`` turns a dead worker into ``BrokenProcessPool`` for every pending task
-    (``multiprocessing.Pool`` would wait forever); the batch is then parsed again one CIF per
-    fresh process, so only the CIF that kills its process is rejected and the stage finishes.
+    Batches are submitted ahead (reading the next CIFs from the archive overlaps the parsing of
+    the previous ones). ``concurrent.futures`` turns a dead worker into ``BrokenProcessPool`` for
+    every pending task (``multiprocessing.Pool`` would wait forever); the batch is then parsed
+    again one CIF per fresh process, so only the CIF that kills its process is rejected and the
+    stage finishes.
     """
     pool = ProcessPoolExecutor(workers)
+    pending: deque[tuple[list, list, list]] = deque()  # (batch, its jobs, their futures), oldest first
     try:
         for batch in _batches(entries, 32 * workers):
             jobs = [(entry_id, data, filters) for entry_id, data, problem in batch if not problem]
-            try:
-                parsed = iter(list(pool.map(_parse_entry, jobs, chunksize=4)))
-            except BrokenProcessPool:
-                pool.shutdown(cancel_futures=True)
-                parsed = iter([_parse_alone(job) for job in jobs])
-                pool = ProcessPoolExecutor(workers)
-            for entry_id, data, problem in batch:
-                yield (entry_id, data, None, None, problem) if problem else next(parsed)
+            pending.append((batch, jobs, _submit(pool, jobs)))
+            if len(pending) > 2:
+                pool = yield from _collect(pending, pool, workers)
+        while pending:
+            pool = yield from _collect(pending, pool, workers)
     finally:
         pool.shutdown(cancel_futures=True)
 
 
-def _parse_alone(job: tuple[str, bytes, LibraryFilters]) -> tuple[str, bytes, None, None, str] | tuple:
+def _submit(pool: ProcessPoolExecutor, jobs: list) -> list:
+    return [pool.submit(_parse_chunk, jobs[i:i + 4]) for i in range(0, len(jobs), 4)]
+
+
+def _parse_chunk(jobs: list[tuple[str, bytes, LibraryFilters]]) -> list[_Parsed]:
+    return [_parse_entry(job) for job in jobs]
+
+
+def _collect(pending: deque, pool: ProcessPoolExecutor, workers: int) -> Generator[_Parsed, None, ProcessPoolExecutor]:
+    """Yield the oldest pending batch's results; returns the pool, a new one after a crash."""
+    batch, jobs, futures = pending.popleft()
+    try:
+        parsed = [result for future in futures for result in future.result()]
+    except BrokenProcessPool:
+        pool.shutdown(cancel_futures=True)
+        parsed = [_parse_alone(job) for job in jobs]
+        pool = ProcessPoolExecutor(workers)
+        for i, (other, other_jobs, _) in enumerate(pending):  # their tasks died with the pool
+            pending[i] = (other, other_jobs, _submit(pool, other_jobs))
+    results = iter(parsed)
+    for entry_id, data, problem in batch:
+        yield (entry_id, data, None, None, problem) if problem else next(results)
+    return pool
+
+
+def _parse_alone(job: tuple[str, bytes, LibraryFilters]) -> _Parsed:
+    """``_parse_entry`` in a process of its own: its crash is this CIF's reject."""
     with ProcessPoolExecutor(1) as one:
         try:
             return one.submit(_parse_entry, job).result()
