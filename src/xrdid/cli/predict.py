@@ -149,7 +149,9 @@ def _answer(result: dict[str, Any], names: Mapping[str, DisplayName]) -> str:
     """A file's terminal answer: its best three candidates, then a line with the reason of any flag or warning.
 
     The reason is the not-in-library rule's evidence in words (``low confidence (top probability
-    0.12 < 0.45)``, ``little diffraction signal ...``), or a note (overlapping atoms, low coverage).
+    0.12 < 0.45)``, ``little diffraction signal ...``), the measured peaks the top candidate does
+    not explain (``strongest peaks at 26.5°, 37.4° not explained by VEHLIE's reflections``), or a
+    note (overlapping atoms, low coverage).
     """
     shown = [f"{_label(c, names)} {format_probability(c['probability'])}" for c in result["candidates"][:3]]
     line = f"{printable(result['file'])}: {' | '.join(shown)}"

@@ -37,6 +37,7 @@ from xrdid.config import Grid
 from xrdid.data.library import material_groups
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
+from xrdid.identify.evidence import PeakRule, peak_evidence, unexplained_message
 from xrdid.learn.calibration import NoveltyRule, novelty_evidence
 from xrdid.learn.models import load_model, read_metadata
 from xrdid.xrd.measured import SUPPORTED_SUFFIXES
@@ -116,6 +117,8 @@ class Identifier:
     temperature : softmax temperature fitted on validation data (1 = uncalibrated).
     provenance : model name and version, run id, library hash, git commit.
     folder : where the identifier lives (its ``patterns/`` serve explanations).
+    peak_rule : when the measured strongest peaks count as explained by the top candidate's
+        reflections (:mod:`xrdid.identify.evidence`); None skips the check.
     """
 
     model: Any
@@ -126,6 +129,7 @@ class Identifier:
     provenance: dict[str, Any] = field(default_factory=dict)
     novelty: dict[str, Any] | None = None
     folder: Path | None = None
+    peak_rule: PeakRule | None = field(default_factory=PeakRule)
     _profiles: np.ndarray | None = field(default=None, repr=False)
     _patterns: Any = field(default=None, repr=False)
 
@@ -316,11 +320,14 @@ class Identifier:
     def identify(self, X: np.ndarray, covered: np.ndarray | None = None, top: int = 5) -> list[dict[str, Any]]:
         """Ranked candidates of each row with the not-in-library verdict.
 
-        Each result is ``{"candidates", "in_library", "warnings"}``: ``in_library`` is False when
-        the identifier's :class:`~xrdid.learn.calibration.NoveltyRule` flags the pattern (unsure network,
-        peaks that match no entry, or no diffraction signal: a blank holder), and ``warnings``
-        says why, plus a note when the scan covers little of the grid. Without a stored rule
-        (or simulated patterns) ``in_library`` is None.
+        Each result is ``{"candidates", "in_library", "warnings", "evidence"}``: ``in_library`` is
+        False when the identifier's :class:`~xrdid.learn.calibration.NoveltyRule` flags the pattern
+        (unsure network, peaks that match no entry, or no diffraction signal: a blank holder) or
+        when the measured strongest peaks are not all explained by the top candidate's reflections
+        (:func:`~xrdid.identify.evidence.peak_evidence`, the ``evidence`` field: a probability alone
+        does not earn an answer), and ``warnings`` says why, plus a note when the scan covers
+        little of the grid. Without a stored rule ``in_library`` is None unless the peaks are
+        unexplained; without simulated patterns there is no ``evidence`` either.
         """
         probs = self.probabilities(X)
         results: list[dict[str, Any]] = [{"candidates": c, "in_library": None, "warnings": []}
@@ -332,6 +339,15 @@ class Identifier:
             evidence = novelty_evidence(probs, np.asarray(X, np.float32), covered, profiles, self.grid, rule.smooth)
             for result, flagged, reasons in zip(results, rule.flagged(evidence), rule.reasons(evidence)):
                 result.update(in_library=not bool(flagged), warnings=list(reasons))
+        if self.peak_rule is not None and profiles is not None:
+            patterns = self.patterns()
+            tops = patterns.rows([result["candidates"][0]["id"] for result in results])
+            for result, found in zip(results, peak_evidence(X, covered, self.grid, patterns, tops, self.peak_rule)):
+                result["evidence"] = found
+                message = unexplained_message(found)
+                if message:  # a confident probability is not enough: the answer must fit the measured peaks
+                    result["in_library"] = False
+                    result["warnings"].append(message)
         for result in results:
             best = result["candidates"][0] if result["candidates"] else {}
             if best.get("unreliable_intensities"):

@@ -3,8 +3,9 @@
 MLflow stores this file with the model and runs it on load ("models from code"), so nothing is
 pickled: the network is rebuilt from the safetensors config in the ``identifier`` artifact.
 Input: patterns on the model's grid, ``(n, n_points)`` float32. Output: one
-``{"candidates": [{"id", "formula", "probability"}, ...], "in_library", "warnings"}`` per row,
-candidates best first; the parameter ``top`` (default 5) sets how many.
+``{"candidates": [{"id", "formula", "probability"}, ...], "in_library", "warnings", "evidence"}``
+per row, candidates best first (``evidence``: :func:`xrdid.identify.evidence.peak_evidence`);
+the parameter ``top`` (default 5) sets how many.
 """
 
 from __future__ import annotations
