@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import re
 import tarfile
 from collections import deque
@@ -174,6 +175,7 @@ def space_group(crystal: Crystal, symprec: float = 0.1) -> tuple[str, int]:
     >>> space_group(nacl)
     ('Pm-3m', 221)
     """
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")  # its C library prints a stderr line per cell it gives up on
     import spglib
 
     frac, types, _ = _sites(crystal)
