@@ -50,3 +50,17 @@ def run_pipeline(tmp_path: Path, params: Path, register: bool = False) -> dict:
     for step in steps:
         assert main([step[0], "--params", str(params), "--no-progress", *step[1:]]) == 0, step[0]
     return json.loads((d / "metrics.json").read_text())
+
+
+def scan_of(folder: Path, store: dict, entry: int = 0) -> Path:
+    """A two-column scan of library entry ``entry`` of the tiny pipeline: its simulated profile with counts
+    and a background, written to ``folder/scan{entry}.xy``."""
+    import numpy as np
+
+    from xrdid.data.patterns import PatternSet
+
+    patterns = PatternSet.load(store["dir"] / "patterns")
+    counts = np.random.default_rng(entry).poisson(1000 * np.asarray(patterns.profiles[entry]) + 50)
+    path = folder / f"scan{entry}.xy"
+    np.savetxt(path, np.column_stack([patterns.grid.values, counts]))
+    return path

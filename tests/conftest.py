@@ -54,3 +54,10 @@ def registered_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     metrics = run_pipeline(folder, params, register=True)
     return {"dir": folder, "params": params, "uri": f"sqlite:///{folder}/mlruns/mlflow.db", "metrics": metrics,
             "registered": json.loads((folder / "registered.json").read_text())}
+
+
+@pytest.fixture
+def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``registered_pipeline`` with MLFLOW_TRACKING_URI pointing at its store (``models:/`` URIs resolve)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_pipeline["uri"])
+    return registered_pipeline

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from xrdid.data.library import core_mof_ids, iter_core_mof, overlapping_pairs, space_group
+from xrdid.data.library import (
+    core_mof_ids,
+    iter_core_mof,
+    overlapping_pairs,
+    space_group,
+)
 from xrdid.errors import InputError
 from xrdid.xrd.crystal import Crystal, cell_problem, read_cif
 from xrdid.xrd.diffraction import reflections

@@ -87,12 +87,6 @@ def test_an_answer_without_measured_peaks_is_not_explained() -> None:
 # ---------------------------------------------------------------------- with the tiny registered model
 
 
-@pytest.fixture
-def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_pipeline["uri"])
-    return registered_pipeline
-
-
 def _stick_scan(path: Path, grid_values: np.ndarray, two_theta: np.ndarray, intensity: np.ndarray) -> Path:
     """A measured-like scan rendered from reflections: Gaussian peaks, a background, counting noise."""
     x = grid_values

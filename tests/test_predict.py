@@ -9,30 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _pipeline import scan_of
 
 from xrdid.cli import main
 from xrdid.identify.identifier import expand_inputs
 from xrdid.ops.registry import load_identifier
 
 CHAMPION = "models:/xrdid-default@champion"
-
-
-@pytest.fixture
-def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_pipeline["uri"])
-    return registered_pipeline
-
-
-def _measurement(folder: Path, store: dict, entry: int = 0) -> Path:
-    """A two-column scan: entry ``entry``'s simulated profile with counts and a background."""
-    from xrdid.data.patterns import PatternSet
-
-    patterns = PatternSet.load(store["dir"] / "patterns")
-    rng = np.random.default_rng(entry)
-    counts = rng.poisson(1000 * np.asarray(patterns.profiles[entry]) + 50)
-    path = folder / f"scan{entry}.xy"
-    np.savetxt(path, np.column_stack([patterns.grid.values, counts]))
-    return path
 
 
 def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict], str]:
@@ -42,7 +25,7 @@ def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[
 
 
 def test_predict_contract_from_the_registry(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    scan = _measurement(tmp_path, store)
+    scan = scan_of(tmp_path, store)
     status, lines, _ = _predict(capsys, str(scan), "--model", CHAMPION, "--top", "3")
     assert status == 0 and len(lines) == 1
     result = lines[0]
@@ -59,7 +42,7 @@ def test_batch_goes_on_past_bad_files(store: dict, tmp_path: Path, capsys: pytes
     folder = tmp_path / "batch"
     folder.mkdir()
     for entry in range(3):
-        _measurement(folder, store, entry)
+        scan_of(folder, store, entry)
     (folder / "broken.xy").write_text("2theta counts\n10 nan\n11 5\n")
     status, lines, err = _predict(capsys, str(folder), "--model", CHAMPION, "--csv", str(tmp_path / "summary.csv"))
     assert status == 2  # something failed; everything else was still identified
@@ -72,7 +55,7 @@ def test_batch_goes_on_past_bad_files(store: dict, tmp_path: Path, capsys: pytes
 
 def test_pull_then_predict_offline(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    scan = _measurement(tmp_path, store, 1)
+    scan = scan_of(tmp_path, store, 1)
     _, online, _ = _predict(capsys, str(scan), "--model", CHAMPION)
     assert main(["pull", "--model", CHAMPION, "--to", str(tmp_path / "pulled")]) == 0
     capsys.readouterr()
@@ -86,7 +69,7 @@ def test_pull_then_predict_offline(store: dict, tmp_path: Path, capsys: pytest.C
 
 @pytest.mark.parametrize("model", ["models:/no-such-model@champion", "no/such/folder"])
 def test_bad_model_is_one_line(store: dict, tmp_path: Path, model: str, capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = _predict(capsys, str(_measurement(tmp_path, store)), "--model", model)
+    status, _, err = _predict(capsys, str(scan_of(tmp_path, store)), "--model", model)
     assert status == 2 and err.strip().count("\n") == 0 and model in err
 
 
@@ -157,8 +140,8 @@ def test_blank_holder_is_not_in_library(store: dict, shared_data: Path, capsys: 
 def test_report_and_explanations(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "batch"
     folder.mkdir()
-    _measurement(folder, store, 0)
-    _measurement(folder, store, 2)
+    scan_of(folder, store, 0)
+    scan_of(folder, store, 2)
     (folder / "a<b>.xy").write_text("not a pattern\n")
     report = tmp_path / "report.html"
     status, lines, _ = _predict(capsys, str(folder), "--model", CHAMPION, "--report", str(report),
@@ -217,7 +200,7 @@ def test_pulled_model_with_an_edited_library_is_refused(store: dict, tmp_path: P
     assert main(["pull", "--model", CHAMPION, "--to", str(pulled)]) == 0
     _edit_library(pulled, edit)
     capsys.readouterr()
-    status, lines, err = _predict(capsys, str(_measurement(tmp_path, store)), "--model", str(pulled))
+    status, lines, err = _predict(capsys, str(scan_of(tmp_path, store)), "--model", str(pulled))
     assert status == 2 and not lines
     assert err.strip().count("\n") == 0 and f"{pulled / 'library.csv'}: " in err and message in err, err
 
@@ -231,7 +214,7 @@ def test_served_model_refuses_a_bad_top_like_the_cli(store: dict, tmp_path: Path
 
     from xrdid.identify.pyfunc_model import IdentifierModel
 
-    status, _, err = _predict(capsys, str(_measurement(tmp_path, store)), "--model", CHAMPION, "--top", "0")
+    status, _, err = _predict(capsys, str(scan_of(tmp_path, store)), "--model", CHAMPION, "--top", "0")
     assert status == 2 and "--top: must be an integer of at least 1, got 0" in err
     served = mlflow.pyfunc.load_model(CHAMPION)  # as the scoring server loads it: with the params schema
     direct = IdentifierModel()  # and without it, as a caller of the class gets it
@@ -259,7 +242,7 @@ def test_predict_from_the_registry_leaves_no_temporary_files(store: dict, tmp_pa
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process has already read TMPDIR
-    status, lines, _ = _predict(capsys, str(_measurement(tmp_path, store)), "--model", CHAMPION,
+    status, lines, _ = _predict(capsys, str(scan_of(tmp_path, store)), "--model", CHAMPION,
                                 "--report", str(tmp_path / "report.html"))  # explanations: the patterns too
     assert status == 0 and lines[0]["candidates"] and (tmp_path / "report").is_dir()
     assert not list(scratch.iterdir())

@@ -21,12 +21,6 @@ CORPUS = Path(__file__).parent / "bad_input"
 N_GOOD = 200
 
 
-@pytest.fixture
-def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_pipeline["uri"])
-    return registered_pipeline
-
-
 def _bad_cases() -> list[dict[str, str]]:
     """The corpus's pattern files that ``xrdid read`` refuses, with the reason each must get."""
     with open(CORPUS / "cases.csv", newline="") as fh:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _pipeline import scan_of
 
 from xrdid.cli import main
 from xrdid.cli.predict import CSV_FIELDS, _answer
@@ -22,23 +23,6 @@ from xrdid.ops.registry import load_identifier
 
 CHAMPION = "models:/xrdid-default@champion"
 SUFFIXES = ("_clean", "_SL", "_charged", "_freeONLY", "_manual", "_ion_b", "_auto", "_neutral")
-
-
-@pytest.fixture
-def store(registered_pipeline: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_pipeline["uri"])
-    return registered_pipeline
-
-
-def _scan(folder: Path, store: dict, entry: int = 0) -> Path:
-    """A two-column scan of library entry ``entry``: its simulated profile with counts and a background."""
-    from xrdid.data.patterns import PatternSet
-
-    patterns = PatternSet.load(store["dir"] / "patterns")
-    counts = np.random.default_rng(entry).poisson(1000 * np.asarray(patterns.profiles[entry]) + 50)
-    path = folder / f"scan{entry}.xy"
-    np.savetxt(path, np.column_stack([patterns.grid.values, counts]))
-    return path
 
 
 def _blank(folder: Path, store: dict) -> Path:
@@ -146,7 +130,7 @@ def test_one_file_prints_header_names_and_the_reason_of_its_flag(store: dict, tm
 def test_json_keeps_full_ids_unit_cell_formulas_and_floats(store: dict, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """The contract is unchanged, and stdout/stderr stay JSON/errors only even with --csv and --report."""
-    assert main(["predict", str(_scan(tmp_path, store)), "--model", CHAMPION, "--json", "--no-progress",
+    assert main(["predict", str(scan_of(tmp_path, store)), "--model", CHAMPION, "--json", "--no-progress",
                  "--csv", str(tmp_path / "s.csv"), "--report", str(tmp_path / "r.html")]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)  # one line, nothing else
@@ -162,7 +146,7 @@ def test_batch_says_where_it_wrote_and_the_csv_has_top_ids(store: dict, tmp_path
     folder = tmp_path / "batch"
     folder.mkdir()
     for entry in (0, 1):
-        _scan(folder, store, entry)
+        scan_of(folder, store, entry)
     _blank(folder, store)
     (folder / "broken.xy").write_text("2theta counts\n10 nan\n")
     summary, report = tmp_path / "summary.csv", tmp_path / "report.html"
@@ -209,7 +193,7 @@ def test_progress_counts_files_while_reading_and_while_plotting(store: dict, tmp
         return update(self, n)
 
     monkeypatch.setattr(tqdm.tqdm, "update", record)
-    files = [str(_scan(tmp_path, store, entry)) for entry in range(3)]
+    files = [str(scan_of(tmp_path, store, entry)) for entry in range(3)]
     assert main(["predict", *files, "--model", CHAMPION, "--explain", str(tmp_path / "png")]) == 0
     out, err = capsys.readouterr()
     assert [s for s in steps if s[0] == "identify"] == [("identify", 1)] * 3

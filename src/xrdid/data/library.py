@@ -91,6 +91,8 @@ class LibraryFilters:
 
     def problem(self, crystal: Crystal) -> str:
         """Why ``crystal`` is filtered out, or '' to keep it."""
+        from pymatgen.core import Element
+
         if self.max_atoms and crystal.n_sites > self.max_atoms:
             return f"cell of {crystal.n_sites} atoms is over max_atoms={self.max_atoms} (memory budget)"
         if self.partial_occupancy == "reject" and not crystal.is_ordered:
@@ -98,7 +100,7 @@ class LibraryFilters:
             partial = np.bincount(crystal.site_index, weights=crystal.occupancies < 1 - 1e-8)
             n = int(((per_site > 1) | (partial > 0)).sum())
             return f"partial occupancy not supported ({n} disordered sites)"
-        elements = {el.symbol for el in crystal.composition().elements}
+        elements = {Element.from_Z(int(z)).symbol for z in np.unique(crystal.numbers)}
         if self.elements_allowed and not elements <= self.elements_allowed:
             return f"elements {sorted(elements - self.elements_allowed)} not in elements_allowed"
         if self.elements_required and not self.elements_required <= elements:
@@ -150,16 +152,18 @@ def _parse_entry(job: tuple[str, bytes, LibraryFilters]) -> _Parsed:
 _AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
 
 
-def _sites(crystal: Crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per site: fractional position, a type number per distinct species mix, total occupancy."""
-    index = crystal.site_index
-    first = np.unique(index, return_index=True)[1]
+def _site_positions(crystal: Crystal) -> np.ndarray:
+    """(n_sites, 3) fractional position of each site (its rows share it)."""
+    return crystal.frac_coords[np.unique(crystal.site_index, return_index=True)[1]]
+
+
+def _site_types(crystal: Crystal) -> np.ndarray:
+    """(n_sites,) one number per distinct species mix, as spglib wants atom types."""
     kinds: dict[tuple, int] = {}
-    mixes: list[list[tuple[int, float]]] = [[] for _ in first]
-    for i, z, occ in zip(index.tolist(), crystal.numbers.tolist(), crystal.occupancies.tolist()):
+    mixes: list[list[tuple[int, float]]] = [[] for _ in range(crystal.n_sites)]
+    for i, z, occ in zip(crystal.site_index.tolist(), crystal.numbers.tolist(), crystal.occupancies.tolist()):
         mixes[i].append((z, occ))
-    types = np.array([kinds.setdefault(tuple(sorted(mix)), len(kinds)) for mix in mixes])
-    return crystal.frac_coords[first], types, np.bincount(index, weights=crystal.occupancies)
+    return np.array([kinds.setdefault(tuple(sorted(mix)), len(kinds)) for mix in mixes])
 
 
 def space_group(crystal: Crystal, symprec: float = 0.1) -> tuple[str, int]:
@@ -178,9 +182,9 @@ def space_group(crystal: Crystal, symprec: float = 0.1) -> tuple[str, int]:
     os.environ.setdefault("SPGLIB_WARNING", "OFF")  # its C library prints a stderr line per cell it gives up on
     import spglib
 
-    frac, types, _ = _sites(crystal)
+    cell = (crystal.lattice, _site_positions(crystal), _site_types(crystal))
     try:
-        dataset = spglib.get_symmetry_dataset((crystal.lattice, frac, types), symprec=symprec, angle_tolerance=5)
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=5)
     except Exception:  # spglib gives up on some distorted cells; the pattern is still usable
         dataset = None
     return (str(dataset.international), int(dataset.number)) if dataset is not None else ("", 0)
@@ -202,9 +206,9 @@ def overlapping_pairs(crystal: Crystal, distance: float = OVERLAP_DISTANCE) -> i
     """
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
-    frac, _, occupancy = _sites(crystal)
     lattice = np.ascontiguousarray(crystal.lattice, dtype=float)
-    cart = np.ascontiguousarray(frac @ lattice)
+    cart = np.ascontiguousarray(_site_positions(crystal) @ lattice)
+    occupancy = np.bincount(crystal.site_index, weights=crystal.occupancies)
     centres, neighbours, _, dist = find_points_in_spheres(
         cart, cart, r=float(distance), pbc=np.ones(3, dtype=np.int64), lattice=lattice, tol=1e-8)
     full = occupancy >= 0.99
