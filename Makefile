@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff236 rruff ui clean metrics plots
+.PHONY: help venv run repro test test-fast bench rruff236 rruff mp coremof ui clean metrics plots
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -30,12 +30,15 @@ run: venv ## run the whole pipeline (dvc repro) on the embedded default, push da
 repro: run
 
 # The many-worker Optuna test needs PostgreSQL: a set XRDID_TEST_POSTGRES_URL is used as it is, else
-# scripts/postgres.sh starts the local server (installing it if missing) and prints its URL.
-test: venv ## run the test suite (starts the local PostgreSQL for the many-worker Optuna test)
+# scripts/postgres.sh starts the local server (installing it if missing) and prints its URL. The report
+# and `xrdid ui` tests render in headless Chromium: scripts/chromium.sh installs Debian's package if missing.
+test: venv ## run the test suite (starts the local PostgreSQL for the many-worker Optuna test, installs Chromium)
+	@scripts/chromium.sh >/dev/null
 	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
 	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 
 test-fast: venv ## run the tests not marked slow (with the local PostgreSQL too)
+	@scripts/chromium.sh >/dev/null
 	url="$${XRDID_TEST_POSTGRES_URL:-$$(scripts/postgres.sh)}" && \
 	XRDID_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m "not slow"
 
@@ -72,3 +75,9 @@ rruff236: venv ## run the RRUFF-236 profile (needs ../shared/data): real noise, 
 	cd pipelines/rruff236 && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
 
 rruff: rruff236 ## alias of rruff236
+
+mp: venv ## run the MP profile (needs ../shared/data): open-library identifier among 25,236 entries, 118 measured tests
+	cd pipelines/mp && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
+
+coremof: venv ## run the CoRE MOF profile: open-library identifier among all 12,020 CoRE MOF 2019-ASR entries
+	cd pipelines/coremof && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro

@@ -21,6 +21,7 @@ def tiny_params(tmp_path: Path, **sections: dict) -> Path:
     params["augment"].update({"ratio": 10, "workers": 1})
     params["train"].update({"epochs": 2, "batch_size": 16})
     params["evaluate"].update({"classical": ["naive_bayes", "knn"], "baseline_val_samples": 20, "n_match_plots": 2})
+    params["match"].update({"calibration_samples": 200, "test_samples": 50})
     params["tracking"]["uri"] = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # never the checkout's store
     for name, values in sections.items():
         params[name].update(values)
@@ -35,18 +36,24 @@ def run_pipeline(tmp_path: Path, params: Path, register: bool = False) -> dict:
     steps = [
         ["library", "--out", f"{d}/library"],
         ["simulate", "--library", f"{d}/library", "--out", f"{d}/patterns"],
+        ["index", "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--out", f"{d}/index"],
         ["noise", "--out", f"{d}/noise_bank"],
         ["augment", "--patterns", f"{d}/patterns", "--noise", f"{d}/noise_bank", "--library", f"{d}/library",
          "--out", f"{d}/augmented"],
         ["train", "--augmented", f"{d}/augmented", "--out", f"{d}/models"],
         ["evaluate", "--model", f"{d}/models/model.safetensors", "--patterns", f"{d}/patterns",
-         "--augmented", f"{d}/augmented", "--library", f"{d}/library", "--metrics", f"{d}/metrics.json",
-         "--plots", f"{d}/plots"],
+         "--augmented", f"{d}/augmented", "--library", f"{d}/library", "--index", f"{d}/index",
+         "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots"],
+        ["match", "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--noise", f"{d}/noise_bank",
+         "--index", f"{d}/index", "--out", f"{d}/models_open", "--metrics", f"{d}/metrics_open.json",
+         "--plots", f"{d}/plots_open"],
     ]
     if register:
         steps.append(["register", "--models", f"{d}/models", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots",
                       "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--augmented", f"{d}/augmented",
                       "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered.json"])
+        steps.append(["register_open", "--model", f"{d}/models_open", "--metrics", f"{d}/metrics_open.json",
+                      "--plots", f"{d}/plots_open", "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered_open.json"])
     for step in steps:
         assert main([step[0], "--params", str(params), "--no-progress", *step[1:]]) == 0, step[0]
     return json.loads((d / "metrics.json").read_text())

@@ -53,7 +53,8 @@ def registered_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     params = tiny_params(folder)
     metrics = run_pipeline(folder, params, register=True)
     return {"dir": folder, "params": params, "uri": f"sqlite:///{folder}/mlruns/mlflow.db", "metrics": metrics,
-            "registered": json.loads((folder / "registered.json").read_text())}
+            "registered": json.loads((folder / "registered.json").read_text()),
+            "registered_open": json.loads((folder / "registered_open.json").read_text())}
 
 
 @pytest.fixture

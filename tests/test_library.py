@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import hashlib
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -247,3 +248,38 @@ def test_a_parser_crash_among_many_batches_costs_its_cif_only(tmp_path: Path, mo
     lib = build_library({"source": "folder", "folder": str(folder), "workers": 2}, tmp_path / "lib", progress=False)
     assert lib.ids == sorted(f"nacl_{i:03d}" for i in range(300))
     assert read_rejects(tmp_path / "lib")["id"].tolist() == ["cuau"]
+
+
+def test_a_grown_library_reuses_unchanged_entries(shared_data: Path, tmp_path: Path, caplog) -> None:
+    """Library and simulate re-run on a folder with new and changed CIFs parse and simulate only
+    those, and give the same outputs as a fresh build."""
+    import logging
+
+    from xrdid.data.patterns import PatternSet, simulate_library
+    from xrdid.xrd.diffraction import SimulationSettings
+
+    cifs = sorted((shared_data / "rruff236" / "cif").glob("*.cif"))[:6]
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for cif in cifs[:4]:
+        shutil.copy(cif, folder / cif.name)
+    params = {"source": "folder", "folder": str(folder), "select": "all", "workers": 1}
+    settings = SimulationSettings.from_params({"grid": {"two_theta_min": 10, "two_theta_max": 60, "n_points": 501}})
+    build_library(params, tmp_path / "grown", progress=False)
+    simulate_library(tmp_path / "grown", tmp_path / "grown_patterns", settings, workers=1, progress=False)
+    for cif in cifs[4:]:  # two new CIFs, one changed (a comment line: new bytes, same structure)
+        shutil.copy(cif, folder / cif.name)
+    (folder / cifs[0].name).write_bytes(b"# edited\n" + cifs[0].read_bytes())
+    with caplog.at_level(logging.INFO, logger="xrdid.data"):
+        grown = build_library(params, tmp_path / "grown", progress=False)
+        simulate_library(tmp_path / "grown", tmp_path / "grown_patterns", settings, workers=1, progress=False)
+    assert "(3 unchanged CIFs taken from the previous build)" in caplog.text
+    assert "3 unchanged entries copied from the previous run" in caplog.text
+    fresh = build_library(params, tmp_path / "fresh", progress=False)
+    simulate_library(tmp_path / "fresh", tmp_path / "fresh_patterns", settings, workers=1, progress=False)
+    pd.testing.assert_frame_equal(grown.index.drop(columns="source"), fresh.index.drop(columns="source"))
+    assert_allclose(grown.frac_coords, fresh.frac_coords)
+    a, b = PatternSet.load(tmp_path / "grown_patterns"), PatternSet.load(tmp_path / "fresh_patterns")
+    assert a.ids == b.ids
+    assert_allclose(a.profiles, b.profiles, atol=1e-6)
+    assert_allclose(a.two_theta, b.two_theta)

@@ -23,10 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "library": ("xrdid.stages.library:add_arguments", "stage: build the CIF library (index, rejects, parsed structures)"),
     "simulate": ("xrdid.stages.simulate:add_arguments", "stage: simulate every library entry's pattern"),
     "noise": ("xrdid.stages.noise:add_arguments", "stage: build the background + noise bank (data/noise_bank)"),
+    "index": ("xrdid.stages.index:add_arguments", "stage: the open-library search index of the simulated library"),
     "augment": ("xrdid.stages.augment:add_arguments", "stage: simulated reflections + noise bank → train/val datasets"),
     "train": ("xrdid.stages.train:add_arguments", "stage: train the CNN named in params.yaml on the augmented set"),
     "evaluate": ("xrdid.stages.evaluate:add_arguments", "stage: Top-1..5 of the model and the baselines; metrics.json, plots"),
+    "match": ("xrdid.stages.match:add_arguments", "stage: calibrate and score the open-library identifier"),
     "register": ("xrdid.stages.register:add_arguments", "stage: log the run to MLflow, register the model, maybe move champion"),
+    "register_open": ("xrdid.stages.register_open:add_arguments",
+                      "stage: log the open-library identifier to MLflow and register it"),
     "pattern": ("xrdid.cli.measured:add_pattern", "reflections of one CIF (positions, intensities, hkl)"),
     "read": ("xrdid.cli.measured:add_read", "read a measured pattern (xy, xye, xyd, csv, dat, xrdml, brml, raw, rasx)"),
     "denoise": ("xrdid.cli.measured:add_denoise", "FFT-denoise a measured pattern when it is noisy (Wang et al. 2020)"),
@@ -38,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "Optuna study over augmentation ratio, epochs, conv depth, learning rate, dropout, batch size"),
     "synthetic": ("xrdid.cli.synthetic:add_arguments", "the universal synthetic spectra benchmark (Schuetzke et al. 2023)"),
     "bench": ("xrdid.cli.bench:add_arguments", "benchmarks: train the model zoo, mean ± std over seeds"),
+    "ui": ("xrdid.cli.ui:add_arguments", "a local web page (127.0.0.1) to identify dropped pattern files"),
 }
 
 

@@ -16,6 +16,7 @@ from xrdid.identify.explain import (
     plot_explanation,
 )
 from xrdid.identify.identifier import Identifier, check_top, expand_inputs
+from xrdid.identify.open import load_folder
 from xrdid.identify.names import (
     DisplayName,
     display_names,
@@ -49,6 +50,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE", help="measured pattern files or folders of them")
     p.add_argument("--model", required=True,
                    help="models:/NAME@champion, runs:/RUN/model, an MLflow model folder or a pulled folder")
+    p.add_argument("--library", metavar="DIR",
+                   help="with an open-library model: rank the library in DIR (the library, simulate and index "
+                        "stages' outputs: DIR/library, DIR/patterns, DIR/index) instead of the one it carries")
     p.add_argument("--top", type=int, default=5, help="candidates per file (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line and file (the contract)")
     p.add_argument("--csv", metavar="PATH",
@@ -73,6 +77,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     check_top(args.top, "--top")  # the served model's rule and message too
     identifier = load_identifier(args.model)
+    if args.library:
+        from xrdid.identify.open import OpenIdentifier
+
+        if not isinstance(identifier, OpenIdentifier):
+            raise InputError(args.library, f"--library needs an open-library model (xrdid match); {args.model} is "
+                                           f"a classifier of the {len(identifier.library)} entries it was trained on")
+        identifier.use_library(args.library)
     files = expand_inputs(args.inputs)
     if not files:
         raise InputError(args.inputs[0], "no measured pattern files found")
@@ -121,9 +132,6 @@ def _predict(args: argparse.Namespace) -> int:
                 "library": f"{len(identifier.library)} entries, sha256 {p.get('library_sha256', '')[:12]}",
                 "temperature": f"{identifier.temperature:.2f}",
                 "flagged": f"{flagged} of {len(summary)} files not in the library?"}
-        for entry in summary:
-            if entry.get("in_library") is False:
-                entry["warnings"] = ["NOT IN LIBRARY? " + "; ".join(entry["warnings"])]
         html_report(summary, args.report, meta=meta, names=names)
         counts = f"{len(summary)} files, {flagged} flagged" + (f", {failed} failed" if failed else "")
         say(f"report written to {args.report} ({counts}); its plots in {explain}")
@@ -174,7 +182,10 @@ def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, numbe
     patterns = identifier.patterns()
     top = result["candidates"][:3]
     best = identifier.ids.index(top[0]["id"])
-    cam = grad_cam(identifier.model, result["row"][None], target=best)[0]
+    if identifier.model is None:  # open library: where the measured and the strained simulated peaks coincide
+        cam = identifier.contribution(result["row"], top[0]["id"], top[0].get("strain", 0.0))
+    else:
+        cam = grad_cam(identifier.model, result["row"][None], target=best)[0]
     rows = patterns.rows([c["id"] for c in top])
     candidates = []
     for r, c in zip(rows, top):
@@ -184,13 +195,14 @@ def _explain(identifier: Identifier, result: dict[str, Any], folder: Path, numbe
     path = folder / f"{number:04d}_{Path(result['file']).stem}.png"
     verdict = "" if result.get("in_library") is not False else "  [not in library?]"
     plot_explanation(identifier.grid, result["row"], result["covered"], cam, candidates, path,
-                     f"{Path(result['file']).name}{verdict}")
+                     f"{Path(result['file']).name}{verdict}",
+                     wavelength=wavelength_label(identifier.preprocessing.get("wavelength", "CuKa")))
     return path
 
 
 def _pull(args: argparse.Namespace) -> int:
     folder = pull(args.model, args.to)
-    ident = Identifier.from_folder(folder)
+    ident = load_folder(folder)
     p = ident.provenance
     print(f"pulled {p.get('model_name', args.model)} v{p.get('model_version', '?')} "
           f"({len(ident.library)} library entries) to {folder}")

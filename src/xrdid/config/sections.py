@@ -274,7 +274,7 @@ class LibrarySection(_Section):
     _key = "library"
     source: Literal["core-mof", "folder"] = "core-mof"
     dataset: str | int = "2019-ASR"  # core-mof checks the name (YAML reads 2014 as a number)
-    folder: str | None = None
+    folder: str | tuple[str, ...] | None = None
     select: Literal["all"] | int | tuple[str | int, ...] = 50
     seed: int = _f(0, ge=0)
     max_atoms: int = _f(5000, ge=1)
@@ -474,6 +474,29 @@ class EvaluateSection(_Section):
 
 
 @dataclass(frozen=True)
+class MatchSection(_Section):
+    """``match``: the open-library identifier (search, calibration and scoring; xrdid.identify.search)."""
+
+    _key = "match"
+    axis_step: float = _f(0.001, gt=0, le=0.01)
+    smooth: float = _f(5.0, ge=0)
+    power: float = _f(0.7, gt=0, le=1)
+    max_strain: float = _f(0.03, ge=0, le=0.2)
+    strain_penalty: float = _f(0.03, ge=0)
+    coarse_smooth: float = _f(15.0, ge=0)
+    coarse_stride: int = _f(5, ge=1)
+    candidates: int = _f(200, ge=1)
+    holdout: float = _f(0.3333, ge=0, lt=1)
+    calibration_samples: int = _f(2000, ge=10)
+    test_samples: int = _f(1000, ge=1)
+    false_flag_rate: float = _f(0.05, ge=0, le=1)
+    baseline_smooth: float = _f(0.3, ge=0)
+    alone_source: str | None = None
+    model_name: str | None = None
+    seed: int = _f(0, ge=0)
+
+
+@dataclass(frozen=True)
 class AblationSection(_Section):
     """``tune.ablation``: fixed settings (``base``) and the grid per parameter (``values``)."""
 
@@ -543,4 +566,5 @@ class Params(_Section):
     tracking: TrackingSection = field(default_factory=TrackingSection)
     register: RegisterSection = field(default_factory=RegisterSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    match: MatchSection = field(default_factory=MatchSection)
     tune: TuneSection = field(default_factory=TuneSection)

@@ -15,6 +15,7 @@ Output folder layout::
                         (a, b, c, alpha, beta, gamma) and overlaps (atom pairs < 0.5 Å apart)
     rejects.csv         id, file, reason
     structures.npz      ids, lattice (n, 3, 3), offsets (n + 1), numbers, frac_coords, occupancies
+    settings.json       the filters it was built with (a rebuild with the same ones reuses unchanged CIFs)
 
 Examples
 --------
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import re
@@ -334,6 +336,7 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
     Raises :class:`InputError` only when the source is unusable or nothing usable is left.
     """
     source = params.get("source", "core-mof")
+    labels: dict[str, str] = {}  # each entry's source when they differ
     seed = int(params.get("seed", 0))
     workers = int(params.get("workers", 2))
     try:
@@ -343,35 +346,46 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
             ids = _select(core_mof_ids(dataset), params.get("select", "all"), seed)
             entries = ((entry_id, data, "") for entry_id, data in iter_core_mof(dataset, set(ids)))
             label = f"core-mof:{dataset}"
-        elif source == "folder":
-            folder = Path(str(params.get("folder") or ""))
-            if not folder.is_dir():
-                raise InputError(folder, "CIF folder not found")
-            paths = {p.stem: p for p in sorted(folder.glob("*.cif"))}
-            if not paths:
-                raise InputError(folder, "no *.cif files in folder")
+        elif source == "folder":  # one folder or several (a merged library; ids must not repeat)
+            folders = params.get("folder") or ""
+            folders = [Path(str(f)) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+            paths: dict[str, Path] = {}
+            for folder in folders:
+                if not folder.is_dir():
+                    raise InputError(folder, "CIF folder not found")
+                found = {p.stem: p for p in sorted(folder.glob("*.cif"))}
+                if not found:
+                    raise InputError(folder, "no *.cif files in folder")
+                twice = sorted(set(found) & set(paths))
+                if twice:
+                    raise InputError(folder, f"{len(twice)} CIF names also in {paths[twice[0]].parent} "
+                                             f"(first: {twice[0]}): ids must be unique")
+                paths.update(found)
             ids = _select(list(paths), params.get("select", "all"), seed)
             entries = iter_folder([paths[i] for i in ids])
-            label = str(folder)
+            label = ", ".join(map(str, folders))
+            labels = {i: str(p.parent) for i, p in paths.items()}
         else:
             raise ValueError(f"library source must be core-mof or folder, not {source!r}")
     except ValueError as exc:
         raise InputError("params.yaml", f"library: {exc}") from exc
 
     out = Path(out_dir)
+    settings = {"format": 1, "filters": {k: sorted(v) if isinstance(v, frozenset) else v for k, v in vars(filters).items()}}
+    previous = _previous(out, settings)
     with atomic_dir(out) as tmp:
         (tmp / "cif").mkdir()
         rows: list[dict[str, Any]] = []
         crystals: list[Crystal] = []
         rejects: list[tuple[str, str]] = []
         bar = tqdm(total=len(ids), desc="library", unit="cif", disable=not progress)
-        for entry_id, data, row, crystal, problem in _parse_all(entries, filters, workers):
+        for entry_id, data, row, crystal, problem in _parse_all(entries, filters, workers, previous):
             bar.update()
             if row is None:
                 rejects.append((entry_id, problem))
                 continue
             (tmp / "cif" / f"{entry_id}.cif").write_bytes(data)
-            rows.append({**row, "source": label})
+            rows.append({**row, "source": labels.get(entry_id, label)})
             crystals.append(crystal)
         bar.close()
 
@@ -384,6 +398,7 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
             raise InputError(label, f"no usable CIF among {len(ids)} ({len(rejects)} rejected, e.g. "
                              f"{rejects[0][0]}: {rejects[0][1]})" if rejects else f"no usable CIF among {len(ids)}")
         pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(tmp / "index.csv", index=False)
+        (tmp / "settings.json").write_text(json.dumps(settings, sort_keys=True) + "\n")
         broken = [row["id"] for row in rows if row["overlaps"]]
         if broken:  # kept (the peak positions are right); augment can stop trusting their intensities
             log.warning("library: %d entries have atoms closer than %.1f Å (not physical; simulated intensities "
@@ -398,7 +413,9 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
             frac_coords=np.concatenate([c.frac_coords for c in crystals]),
             occupancies=np.concatenate([c.occupancies for c in crystals]),
         )
-    log.info("library: %d entries in %s, %d rejected", len(crystals), out, len(rejects))
+    reused = sum(previous[c.id][1] is c for c in crystals if c.id in previous)
+    log.info("library: %d entries in %s, %d rejected%s", len(crystals), out, len(rejects),
+             f" ({reused} unchanged CIFs taken from the previous build)" if reused else "")
     return Library.load(out)
 
 
@@ -406,8 +423,13 @@ def build_library(params: dict[str, Any], out_dir: str | Path, progress: bool = 
 _CRASHED = "the parser crashed on this CIF (a native error in spglib or pymatgen)"
 
 
-def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilters, workers: int) -> Iterator[_Parsed]:
+def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilters, workers: int,
+               previous: dict[str, tuple[dict[str, Any], Crystal]] | None = None) -> Iterator[_Parsed]:
     """Parse ``entries`` in ``workers`` processes, in input order.
+
+    An entry of ``previous`` (id → row and crystal of an earlier build with the same filters)
+    whose CIF bytes have the recorded sha256 is taken from it without parsing: a library that
+    grows by a thousand CIFs parses those thousand.
 
     Batches are submitted ahead (reading the next CIFs from the archive overlaps the parsing of
     the previous ones). ``concurrent.futures`` turns a dead worker into ``BrokenProcessPool`` for
@@ -418,7 +440,7 @@ def _parse_all(entries: Iterable[tuple[str, bytes, str]], filters: LibraryFilter
     pool = ProcessPoolExecutor(workers)
     pending: deque[tuple[list, list, list]] = deque()  # (batch, its jobs, their futures), oldest first
     try:
-        for batch in _batches(entries, 32 * workers):
+        for batch in _batches(_known(entries, previous or {}), 32 * workers):
             jobs = [(entry_id, data, filters) for entry_id, data, problem in batch if not problem]
             pending.append((batch, jobs, _submit(pool, jobs)))
             if len(pending) > 2:
@@ -450,8 +472,41 @@ def _collect(pending: deque, pool: ProcessPoolExecutor, workers: int) -> Generat
             pending[i] = (other, other_jobs, _submit(pool, other_jobs))
     results = iter(parsed)
     for entry_id, data, problem in batch:
-        yield (entry_id, data, None, None, problem) if problem else next(results)
+        if isinstance(problem, tuple):  # unchanged since the previous build (see _known)
+            yield entry_id, data, problem[0], problem[1], ""
+        else:
+            yield (entry_id, data, None, None, problem) if problem else next(results)
     return pool
+
+
+def _known(entries: Iterable[tuple[str, bytes, str]],
+           previous: dict[str, tuple[dict[str, Any], Crystal]]) -> Iterator[tuple[str, bytes, Any]]:
+    """``entries`` with those unchanged since ``previous`` carrying its (row, crystal) as their "problem".
+
+    A non-empty problem keeps an entry out of the parsing jobs; :func:`_collect` tells the two apart.
+    """
+    for entry_id, data, problem in entries:
+        old = previous.get(entry_id)
+        if not problem and old is not None and old[0]["sha256"] == hashlib.sha256(data).hexdigest():
+            yield entry_id, data, old
+        else:
+            yield entry_id, data, problem
+
+
+def _previous(out: Path, settings: dict[str, Any]) -> dict[str, tuple[dict[str, Any], Crystal]]:
+    """Rows and crystals of the library already in ``out`` when it was built with ``settings`` (else none).
+
+    DVC keeps the stage's output in place (``persist``), so re-running the stage after adding
+    CIFs parses only the new and the changed ones.
+    """
+    try:
+        if json.loads((out / "settings.json").read_text()) != settings:
+            return {}
+        library = Library.load(out)
+    except (OSError, ValueError, InputError):
+        return {}
+    rows = library.index.to_dict("records")
+    return {row["id"]: (row, library.crystal(i)) for i, row in enumerate(rows) if row["id"] == library.ids[i]}
 
 
 def _parse_alone(job: tuple[str, bytes, LibraryFilters]) -> _Parsed:

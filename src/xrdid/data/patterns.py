@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +17,7 @@ from xrdid.config import Grid
 from xrdid.data.library import Library
 from xrdid.errors import InputError
 from xrdid.outputs import atomic_dir, require
-from xrdid.xrd.diffraction import simulate_one
+from xrdid.xrd.diffraction import Reflections, simulate_one
 from xrdid.xrd.measured import wavelength_angstrom
 
 if TYPE_CHECKING:
@@ -124,22 +125,30 @@ def simulate_library(
     """Simulate every entry of a library folder into ``out_dir`` (see :class:`PatternSet`).
 
     Entries that fail are logged and written to ``out_dir/rejects.csv``; they are left out of the set.
+    When ``out_dir`` already holds patterns simulated with the same settings (DVC keeps it in place,
+    ``persist``), entries whose CIF is unchanged (same sha256 in the library index) are copied from
+    it: a library that grows by a thousand CIFs simulates those thousand.
     """
 
     library = Library.load(library_dir)
     out = Path(out_dir)
     n = len(library)
-    jobs = ((library.crystal(i), settings) for i in range(n))
-    results: list[tuple[Reflections | None, np.ndarray | None, str]] = []
-    bar = tqdm(total=n, desc="simulate", unit="structure", disable=not progress)
-    if workers > 1 and n > 1:
+    sha = dict(zip(library.index["id"].astype(str), library.index["sha256"])) if "sha256" in library.index else {}
+    meta = _meta(settings)
+    results: list[tuple[Reflections | None, np.ndarray | None, str] | None] = [None] * n
+    for i, found in _previous(out, meta, [sha.get(entry, "") for entry in library.ids], library.ids).items():
+        results[i] = found
+    todo = [i for i in range(n) if results[i] is None]
+    jobs = ((library.crystal(i), settings) for i in todo)
+    bar = tqdm(total=len(todo), desc="simulate", unit="structure", disable=not progress)
+    if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(_simulate_worker, jobs, chunksize=8):
-                results.append(result)
+            for i, result in zip(todo, pool.map(_simulate_worker, jobs, chunksize=8)):
+                results[i] = result
                 bar.update()
     else:
-        for job in jobs:
-            results.append(_simulate_worker(job))
+        for i, job in zip(todo, jobs):
+            results[i] = _simulate_worker(job)
             bar.update()
     bar.close()
 
@@ -170,19 +179,49 @@ def simulate_library(
             multiplicity=np.concatenate([r.multiplicity for r in refls]).astype(np.int32),
             d_spacing=np.concatenate([r.d_spacing for r in refls]).astype(np.float32),
         )
-        meta = {
-            "ids": [library.ids[i] for i in ok],
-            "grid": settings.grid.to_dict(),
-            "wavelength": settings.wavelength,
-            "wavelength_angstrom": wavelength_angstrom(settings.wavelength),
-            "reflection_wavelength_angstrom": settings.reflection_wavelength,
-            "doublet": settings.doublet,
-            "profile": settings.profile,
-            "eta": settings.eta,
-            "caglioti": dict(zip("UVW", settings.caglioti)),
-            "debye_waller": settings.debye_waller,
-            "n_rejected": len(rejects),
-        }
+        hashes = [sha.get(library.ids[i], "") for i in ok]
+        entries = hashlib.sha256("\n".join(hashes).encode()).hexdigest()  # an edited CIF changes the set
+        meta = {"ids": [library.ids[i] for i in ok], **meta, "n_rejected": len(rejects), "entries_sha256": entries}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    log.info("simulate: %d patterns written to %s (%d rejected)", len(ok), out, len(rejects))
+        np.save(tmp / "sha256.npy", np.array(hashes))  # what a rebuild may reuse
+    reused = n - len(todo)
+    log.info("simulate: %d patterns written to %s (%d rejected)%s", len(ok), out, len(rejects),
+             f"; {reused} unchanged entries copied from the previous run" if reused else "")
     return PatternSet.load(out)
+
+
+def _meta(settings: SimulationSettings) -> dict[str, Any]:
+    """The settings part of ``meta.json``: patterns simulated with equal ones are interchangeable."""
+    return {
+        "grid": settings.grid.to_dict(),
+        "wavelength": settings.wavelength,
+        "wavelength_angstrom": wavelength_angstrom(settings.wavelength),
+        "reflection_wavelength_angstrom": settings.reflection_wavelength,
+        "doublet": settings.doublet,
+        "profile": settings.profile,
+        "eta": settings.eta,
+        "caglioti": dict(zip("UVW", settings.caglioti)),
+        "debye_waller": settings.debye_waller,
+    }
+
+
+def _previous(out: Path, meta: dict[str, Any], sha256: list[str],
+              ids: list[str]) -> dict[int, tuple[Reflections, np.ndarray, str]]:
+    """Results of the previous run in ``out`` for the entries (by position in ``ids``) whose CIF hash is unchanged."""
+    try:
+        old = PatternSet.load(out)
+        hashes = np.load(out / "sha256.npy").tolist()
+    except (OSError, ValueError, InputError):
+        return {}
+    if json.loads(json.dumps(meta)) != {k: old.meta.get(k) for k in meta} or len(hashes) != len(old.ids):
+        return {}
+    where = {(entry, h): row for row, (entry, h) in enumerate(zip(old.ids, hashes)) if h}
+    found = {}
+    for i, key in enumerate(zip(ids, sha256)):
+        row = where.get(key)
+        if row is not None:
+            sl = slice(int(old.offsets[row]), int(old.offsets[row + 1]))
+            refl = Reflections(*(np.asarray(a[sl]) for a in (old.two_theta, old.intensity, old.hkl, old.multiplicity,
+                                                            old.d_spacing)))
+            found[i] = (refl, np.array(old.profiles[row]), "")
+    return found

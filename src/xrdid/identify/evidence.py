@@ -228,7 +228,8 @@ class PeakRule:
 
 
 def peak_evidence(X: np.ndarray, covered: np.ndarray | None, grid: Grid, patterns: PatternSet,
-                  rows: Sequence[int], rule: PeakRule | None = None) -> list[dict[str, Any]]:
+                  rows: Sequence[int], rule: PeakRule | None = None,
+                  strain: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """The peak evidence of each pattern against its candidate: the JSON ``evidence`` field.
 
     Parameters
@@ -239,6 +240,8 @@ def peak_evidence(X: np.ndarray, covered: np.ndarray | None, grid: Grid, pattern
     patterns : the library's simulated patterns (reflections with hkl).
     rows : (n,) row in ``patterns`` of each pattern's candidate.
     rule : the :class:`PeakRule` (default parameters when None).
+    strain : (n,) lattice strain fitted to each pattern (its cell relative to the candidate's,
+        :mod:`xrdid.identify.search`): the reflections are moved by it first. None: unmoved.
 
     Returns
     -------
@@ -257,11 +260,15 @@ def peak_evidence(X: np.ndarray, covered: np.ndarray | None, grid: Grid, pattern
     covered = np.ones(X.shape, bool) if covered is None else np.broadcast_to(np.asarray(covered, bool), X.shape)
     x = grid.values
     out = []
-    for values, mask, row in zip(X, covered, rows):
+    strain = np.zeros(len(X)) if strain is None else np.asarray(strain, float)
+    for values, mask, row, e in zip(X, covered, rows, strain):
         found = rule.select(measured_peaks(x[mask], values[mask]))
         sl = slice(int(patterns.offsets[row]), int(patterns.offsets[row + 1]))
         refs, weights, hkl, d = (a[sl] for a in (patterns.two_theta, patterns.intensity, patterns.hkl,
                                                  patterns.d_spacing))
+        if e:  # Bragg: d scales by 1 + e, sin θ by 1 / (1 + e)
+            refs = 2 * np.degrees(np.arcsin(np.clip(np.sin(np.radians(refs / 2)) / (1 + e), -1, 1)))
+            d = d * (1 + e)
         explained, match, tol, simulated = rule.explain(*found, refs, weights)
         peaks = []
         for n, j in enumerate(match):

@@ -5,6 +5,10 @@ The library's ids are file stems that carry the curation of their source (CoRE M
 contents (``Cd256C784Se112S304``). The terminal, the CSV and the HTML report show the id without
 those suffixes (the CSD refcode a chemist searches for), the reduced formula and, when the library
 index has a ``mineral`` or ``name`` column, that name; the JSON keeps the full id and formula.
+Organic and metal-organic formulas (carbon beyond carbonate) are written in Hill order
+(:func:`hill_formula`: C, H, then alphabetical), as the CSD indexes them, so ``C24H14O16Zr3``
+reads as a MOF chemist expects; inorganic ones keep the reduced formula's order (``ZnO``,
+``CaCO3``, ``NaCl``), as a mineralogist writes them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,76 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DisplayName", "display_names", "format_probability", "short_id", "wavelength_label"]
+__all__ = ["DisplayName", "display_formula", "display_names", "format_probability", "hill_formula", "short_id",
+           "wavelength_label"]
 
 # CoRE MOF's curation tags (2014, 2019-ASR and 2019-FSR: every id carries exactly one of these).
 _PIPELINE_SUFFIX = re.compile(
     r"_(?:clean(?:_h(?:_min)?|_b|5b)?|freeONLY|(?:un)?charged(?:_b)?|manual|SL(?:_part)?|ion_b|neutral(?:_b|_?5b)?"
     r"|auto)$"
 )
+
+_TOKEN = re.compile(r"([A-Z][a-z]?|\(|\))(\d*(?:\.\d+)?)")
+
+
+def _element_counts(formula: str) -> dict[str, float] | None:
+    """Element → count of a formula with optional brackets (``NaCaB5(H5O7)2``); None if unreadable."""
+    tokens = _TOKEN.findall(formula)
+    if not tokens or "".join(t + n for t, n in tokens) != formula:
+        return None
+    stack: list[dict[str, float]] = [{}]
+    for token, number in tokens:
+        count = float(number) if number else 1.0
+        if token == "(":
+            if number:
+                return None
+            stack.append({})
+        elif token == ")":
+            if len(stack) == 1:
+                return None
+            inner = stack.pop()
+            for element, n in inner.items():
+                stack[-1][element] = stack[-1].get(element, 0.0) + n * count
+        else:
+            stack[-1][token] = stack[-1].get(token, 0.0) + count
+    return stack[0] if len(stack) == 1 else None
+
+
+def hill_formula(formula: str) -> str:
+    """``formula`` in Hill order: C first, then H, then the other elements alphabetically.
+
+    Without carbon every element, H included, is alphabetical (``ZnO`` → ``OZn``, as the CSD
+    writes it). Brackets are multiplied out, counts of 1 left out and a repeated element
+    summed; a formula this cannot read (charges, hydrate dots) is returned as given.
+
+    Examples
+    --------
+    >>> hill_formula("Zr3C24H14O16"), hill_formula("Ag3SbS3"), hill_formula("Al2O3"), hill_formula("NaCl")
+    ('C24H14O16Zr3', 'Ag3S3Sb', 'Al2O3', 'ClNa')
+    >>> hill_formula("H2O"), hill_formula("Fe0.95S"), hill_formula("NaCaB5(H5O7)2"), hill_formula("Cu2+")
+    ('H2O', 'Fe0.95S', 'B5CaH10NaO14', 'Cu2+')
+    """
+    counts = _element_counts(formula)
+    if not counts:
+        return formula
+    first = [e for e in ("C", "H") if e in counts] if "C" in counts else []
+    order = first + sorted(e for e in counts if e not in first)
+    return "".join(e + ("" if counts[e] == 1 else f"{counts[e]:g}") for e in order)
+
+
+def display_formula(formula: str) -> str:
+    """Hill order for an organic or metal-organic formula, else as given (a mineralogist's order).
+
+    Organic means carbon that is not all carbonate: fewer than three oxygens per carbon.
+
+    Examples
+    --------
+    >>> display_formula("Zr3C24H14O16"), display_formula("ZnC8"), display_formula("ZnO"), display_formula("CaMg(CO3)2")
+    ('C24H14O16Zr3', 'C8Zn', 'ZnO', 'CaMg(CO3)2')
+    """
+    counts = _element_counts(formula) or {}
+    organic = counts.get("C", 0) > 0 and counts.get("O", 0) < 3 * counts["C"]
+    return hill_formula(formula) if organic else formula
 
 
 def short_id(entry_id: str) -> str:
@@ -58,8 +125,8 @@ def display_names(library: Sequence[Mapping[str, str]]) -> dict[str, DisplayName
     """Id → :class:`DisplayName` for every library row.
 
     A short id that two entries share (possible in a folder library) would name two structures
-    alike: those entries keep their full id. The reduced formula falls back to ``formula`` for an
-    index written before it had the column.
+    alike: those entries keep their full id. The reduced formula (falling back to ``formula`` for
+    an index written before it had the column) is shown as :func:`display_formula` writes it.
 
     Examples
     --------
@@ -74,7 +141,7 @@ def display_names(library: Sequence[Mapping[str, str]]) -> dict[str, DisplayName
     return {
         row["id"]: DisplayName(
             shorts[row["id"]] if taken[shorts[row["id"]]] == 1 else row["id"],
-            row.get("reduced_formula") or row.get("formula") or "",
+            display_formula(row.get("reduced_formula") or row.get("formula") or ""),
             row.get("mineral") or row.get("name") or "",
         )
         for row in library

@@ -19,7 +19,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from xrdid.errors import InputError
-from xrdid.identify.identifier import Identifier, check_top
+from xrdid.identify.identifier import check_top
+from xrdid.identify.open import load_folder
 
 
 class IdentifierModel(PythonModel):
@@ -27,7 +28,7 @@ class IdentifierModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
 
-        self.identifier = Identifier.from_folder(context.artifacts["identifier"])
+        self.identifier = load_folder(context.artifacts["identifier"])
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
         """Ranked candidates of each row; a bad row or ``top`` is the client's fault.

@@ -17,6 +17,7 @@ import numpy as np
 from xrdid.config import Grid
 from xrdid.errors import InputError
 from xrdid.identify.identifier import IDENTIFIER_FILE, Identifier
+from xrdid.identify.open import load_folder
 from xrdid.learn.models import save_model
 from xrdid.ops.tracking import git_commit, resolve_uri
 
@@ -48,13 +49,6 @@ def log_identifier(
     Its signature takes ``(n, n_points)`` float32 patterns on the grid and a ``top`` parameter.
     """
     import mlflow
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    import xrdid
-
-    # imported here, not at the top: importing it defines an MLflow model, which warns on stderr
-    from xrdid.identify import pyfunc_model
 
     grid = Grid.from_params(params["grid"])
     run = mlflow.active_run()
@@ -64,13 +58,34 @@ def log_identifier(
         provenance = {"run_id": run.info.run_id if run else "", "git_commit": git_commit()}
         folder = Identifier.build(Path(tmp) / "identifier", weights, library_dir, patterns_dir, params,
                                   temperature=temperature, novelty=novelty, provenance=provenance)
-        identifier = Identifier.from_folder(folder)
+        identifier = load_folder(folder)
         identifier.write_provenance(library_sha256=json.loads((folder / "identifier.json").read_text())["library_sha256"])
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, grid.n_points))]),
-            params=ParamSchema([ParamSpec("top", "long", 5)]),
-        )
-        example = np.zeros((1, grid.n_points), np.float32) if input_example is None else input_example
+        return log_identifier_folder(folder, grid, input_example, name)
+
+
+def log_identifier_folder(folder: str | Path, grid: Grid, input_example: np.ndarray | None = None,
+                          name: str = "model") -> str:
+    """Log an identifier folder (a classifier's or an open-library one) as an MLflow pyfunc model; its URI.
+
+    Its signature takes ``(n, n_points)`` float32 patterns on ``grid`` and a ``top`` parameter.
+    """
+    import mlflow
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    import xrdid
+
+    # imported here, not at the top: importing it defines an MLflow model, which warns on stderr
+    from xrdid.identify import pyfunc_model
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, grid.n_points))]),
+        params=ParamSchema([ParamSpec("top", "long", 5)]),
+    )
+    example = np.zeros((1, grid.n_points), np.float32) if input_example is None else input_example
+    with tempfile.TemporaryDirectory(prefix="xrdid-log-") as tmp:
+        if Path(folder).name != "identifier":  # MLflow stores a folder artifact under its own name
+            folder = shutil.copytree(folder, Path(tmp) / "identifier")
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=pyfunc_model.__file__,  # models from code: MLflow imports the file, never unpickles
@@ -229,7 +244,7 @@ def pull(uri: str, to: str | Path) -> Path:
         raise InputError(to, "destination exists and is not empty")
     with tempfile.TemporaryDirectory(prefix="xrdid-pull-") as tmp:
         folder = download_identifier(uri, tmp)
-        Identifier.from_folder(folder)  # refuse to write a folder that would not load
+        load_folder(folder)  # refuse to write a folder that would not load
         shutil.copytree(folder, to, dirs_exist_ok=True)
     return to
 
@@ -243,11 +258,11 @@ def load_identifier(uri: str | Path) -> Identifier:
     local = Path(uri)
     if local.is_dir():
         if (local / IDENTIFIER_FILE).is_file():
-            return Identifier.from_folder(local)
+            return load_folder(local)
         if (local / "artifacts" / "identifier" / IDENTIFIER_FILE).is_file():
-            return Identifier.from_folder(local / "artifacts" / "identifier")
+            return load_folder(local / "artifacts" / "identifier")
         raise InputError(local, "neither an identifier folder nor an MLflow model folder of xrdid")
     if "://" not in str(uri) and ":/" not in str(uri):
         raise InputError(uri, "no such model folder")
     with tempfile.TemporaryDirectory(prefix="xrdid-model-") as target:
-        return Identifier.from_folder(download_identifier(str(uri), target)).detach()
+        return load_folder(download_identifier(str(uri), target)).detach()

@@ -38,6 +38,7 @@ from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import load_split
 from xrdid.errors import InputError
+from xrdid.identify.search import LibraryIndex, SearchSettings
 from xrdid.learn.baselines import CLASSICAL, classical_scores, search_match
 from xrdid.learn.inference import predict_proba
 from xrdid.learn.metrics import TOP_K, topk_table, true_rank
@@ -112,6 +113,7 @@ def run(
     plots_dir: str | Path,
     progress: bool = True,
     library_dir: str | Path | None = None,
+    index_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the trained model and the baselines; write ``metrics.json`` and the plots.
 
@@ -120,7 +122,8 @@ def run(
     is logged and skipped, so the embedded default runs anywhere. With ``library_dir`` the
     measured set is also scored per material (``measured_material``): entries that
     :func:`xrdid.data.library.material_groups` joins count as one answer, and ``plots/materials.csv``
-    lists them.
+    lists them. With ``index_dir`` (the ``index`` stage's output) the open-library search
+    (:mod:`xrdid.identify.search`, ``match`` section) is scored beside them as ``open_library``.
     """
 
     settings = params.get("evaluate", {})
@@ -142,6 +145,13 @@ def run(
         search_match(X_val_sub, np.ones(X_val_sub.shape, bool), patterns.profiles, grid,
                      smooth=float(settings.get("search_match_smooth", 0.05))), y_val_sub)
     metrics["validation"] = validation
+    index = None
+    if index_dir is not None:
+        index = LibraryIndex.load(index_dir)
+        if index.ids != list(patterns.ids):
+            raise InputError(index_dir, "its entries differ from the simulated patterns: re-run the index stage")
+        index.settings = SearchSettings.from_dict(params.get("match"))
+        validation["open_library"] = topk_table(_open_scores(index, X_val_sub, None), y_val_sub)
 
     test = MeasuredSet.from_params(params, patterns.ids, grid, progress)
     classical = tuple(settings.get("classical", CLASSICAL) or ())
@@ -163,6 +173,14 @@ def run(
         cosine = search_match(test.X, test.covered, patterns.profiles, grid,
                               smooth=float(settings.get("search_match_smooth", 0.05)))
         results["search_match"] = topk_table(cosine, test.y, test.sources)
+        if index is not None:
+            opened = _open_scores(index, test.X, test.covered)
+            results["open_library"] = topk_table(opened, test.y, test.sources)
+            # entries outside the open search's candidates get its worst candidate's score
+            floor = np.where(np.isfinite(opened), opened, np.inf).min(axis=1, keepdims=True)
+            fused_open = np.log(np.maximum(cnn, 1e-12)) + float(settings.get("fusion_weight", 10.0)) * np.where(
+                np.isfinite(opened), opened, floor)
+            results["cnn_open_library"] = topk_table(fused_open, test.y, test.sources)
         # The two fail on different patterns: log-probability plus a weighted cosine.
         fused = np.log(np.maximum(cnn, 1e-12)) + float(settings.get("fusion_weight", 10.0)) * cosine
         results["cnn_search_match"] = topk_table(fused, test.y, test.sources)
@@ -171,6 +189,8 @@ def run(
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
         ours = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused}
+        if index is not None:
+            ours.update(open_library=opened, cnn_open_library=fused_open)
         if library_dir is not None:
             scored = {**ours, **{name: s[len(val_pick):] for name, s in (scores.items() if classical else ())}}
             metrics.update(_material_tables(scored, test, patterns, library_dir, plots / "materials.csv"))
@@ -182,6 +202,14 @@ def run(
               "measured patterns" if "measured" in metrics else "validation (synthetic)")
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _open_scores(index: LibraryIndex, X: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
+    """The open-library search as a score matrix (n, n_entries): its candidates' scores, -inf elsewhere."""
+    found = index.search(X, covered)
+    scores = np.full((len(X), len(index)), -np.inf, np.float32)
+    np.put_along_axis(scores, found.rows, found.score, axis=1)
+    return scores
 
 
 def _material_tables(scored: dict[str, np.ndarray], test: MeasuredSet, patterns: PatternSet,
@@ -278,13 +306,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", default="plots", help="plots folder")
     parser.add_argument("--library", default=None,
                         help="library folder: also score the measured set per material (entries of one material joined)")
+    parser.add_argument("--index", default=None, help="search index (`xrdid index`): score the open-library search beside")
     add_progress(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     metrics = run(load_params(args.params), args.model, args.patterns, args.augmented,
-                             args.metrics, args.plots, progress=args.progress, library_dir=args.library)
+                             args.metrics, args.plots, progress=args.progress, library_dir=args.library,
+                             index_dir=args.index)
     for dataset in ("validation", "measured", "measured_material"):
         for method, table in (metrics.get(dataset) or {}).items():
             tops = "  ".join(f"top{k} {table[f'top{k}']:.3f}" for k in TOP_K)

@@ -25,7 +25,8 @@ def add_stage_inputs(parser: argparse.ArgumentParser, *names: str, role: str = "
     helps = {"library": ("data/library", "library folder (`xrdid library`)"),
              "patterns": ("data/patterns", "simulated patterns (`xrdid simulate`)"),
              "noise": ("data/noise_bank", "noise bank (`xrdid noise`)"),
-             "augmented": ("data/augmented", "augmented splits (`xrdid augment`)")}
+             "augmented": ("data/augmented", "augmented splits (`xrdid augment`)"),
+             "index": ("data/index", "search index of the library (`xrdid index`)")}
     for name in names:
         default, text = helps[name]
         parser.add_argument(f"--{name}", default=default, help=f"{text}{role}")

@@ -10,8 +10,9 @@ The pieces build on one another:
 * :mod:`~xrdid.identify.explain.plots`: :func:`plot_explanation`, a measured pattern coloured
   by its Grad-CAM over the simulated profiles of its best candidates (built by
   :func:`make_candidate`), with their reflections and hkl labels (:func:`format_hkl`);
-* :mod:`~xrdid.identify.explain.report`: :func:`html_report`, one self-contained HTML file for a
-  batch of predictions, embedding those plots;
+* :mod:`~xrdid.identify.explain.report`: :func:`html_report`, one HTML page for a batch of
+  predictions (a summary table, a section per file) with those plots beside it as PNG files
+  (:func:`render_report` renders the page for ``xrdid ui``);
 * :mod:`~xrdid.identify.explain.nca`: :func:`nca_plot`, a 2-D neighbourhood-components map of
   feature vectors, and :func:`nca_map` (``xrdid explain nca``), that map for the measured test
   patterns in a trained model's feature space (Wang et al.'s NCA figure).
@@ -27,7 +28,7 @@ from __future__ import annotations
 from xrdid.identify.explain.cam import cam_layer, features, grad_cam
 from xrdid.identify.explain.nca import nca_map, nca_plot
 from xrdid.identify.explain.plots import format_hkl, make_candidate, plot_explanation
-from xrdid.identify.explain.report import html_report
+from xrdid.identify.explain.report import html_report, render_report
 
 __all__ = [
     "cam_layer",
@@ -39,4 +40,5 @@ __all__ = [
     "nca_map",
     "nca_plot",
     "plot_explanation",
+    "render_report",
 ]

@@ -87,14 +87,17 @@ def plot_explanation(
     path: str | Path,
     title: str = "",
     n_label: int = 8,
+    wavelength: str | None = None,
 ) -> None:
     """The measured pattern coloured by its Grad-CAM, over its best candidates' simulated patterns; PNG.
 
     Top: the measured pattern (covered points only; unmeasured ranges shaded) with the area
-    under it and a strip below it coloured by the Grad-CAM (dark red = what drove the top
-    candidate's score). Below, offset, one trace per candidate, best first: its simulated
-    profile, its reflections as ticks under the trace and the hkl of its strongest ``n_label``
-    peaks, tagged with its rank; the legend above gives id, formula and probability.
+    under it and a strip below it, labelled "peaks that drove the answer", coloured by the
+    Grad-CAM (dark red = what drove the top candidate's score). Below, offset, one trace per
+    candidate, best first: its simulated profile, its reflections as ticks under the trace and
+    the hkl of its strongest ``n_label`` peaks, tagged with its rank; the legend above gives id,
+    formula and probability. The y axis is the normalised intensity; the x axis names the
+    wavelength when ``wavelength`` is given.
 
     Parameters
     ----------
@@ -109,6 +112,8 @@ def plot_explanation(
     path : PNG file to write.
     title : figure title (e.g. the file name).
     n_label : hkl labels per candidate.
+    wavelength : the X-ray wavelength the 2θ axis is at, for its label (e.g. ``"CuKa (1.5418 Å)"``
+        from :func:`~xrdid.identify.names.wavelength_label`); None: no wavelength in the label.
 
     Examples
     --------
@@ -125,7 +130,8 @@ def plot_explanation(
     ...           "peaks": [38.1, 44.3], "hkl": [format_hkl((1, 1, 1)), format_hkl((2, 0, 0))]},
     ...          {"id": "Au_225", "formula": "Au", "probability": 0.05, "profile": peak(38.2) + 0.52 * peak(44.4)}]
     >>> out = os.path.join(tempfile.mkdtemp(), "scan.png")
-    >>> plot_explanation(grid, measured, covered, measured / measured.max(), cands, out, "scan.xy")
+    >>> plot_explanation(grid, measured, covered, measured / measured.max(), cands, out, "scan.xy",
+    ...                  wavelength="CuKa (1.5418 Å)")
     >>> open(out, "rb").read(4)
     b'\\x89PNG'
     """
@@ -170,7 +176,9 @@ def plot_explanation(
     ax.imshow(cam[None], extent=(x[0], x[-1], -0.16, -0.05), aspect="auto", cmap=cmap, vmin=0, vmax=1,
               interpolation="bilinear", zorder=1)
     handles = ax.plot(x, np.where(covered, y, np.nan), color="k", lw=0.8, zorder=3, label="measured")
-    ax.text(x[0] - 0.004 * span, -0.105, "CAM", ha="right", va="center", fontsize=7, color="0.3")
+    # the strip's meaning in words, under its left end (a chemist need not know "class activation map")
+    ax.text(x[0] + 0.003 * span, -0.19, "▲ peaks that drove the answer (darker: more)", ha="left", va="top",
+            fontsize=7, color="0.3", zorder=5, bbox=boxed)
     # shade what the scan did not measure
     edges = np.flatnonzero(np.diff(np.r_[0, (~covered).astype(int), 0]))
     for a, b in zip(edges[::2], edges[1::2]):
@@ -202,7 +210,9 @@ def plot_explanation(
         for j in _label_positions(pk, strength, n_label, min_gap):
             ax.text(pk[j], base + height * at[j] + 0.03, hkl_text[j], rotation=90, ha="center", va="bottom",
                     fontsize=7, color=color, zorder=4, clip_on=True)
-    ax.set(xlim=(x[0], x[-1]), ylim=(-0.3 - gap * k - 0.2, 1.1), yticks=[], xlabel="2θ (°)")
+    ax.set(xlim=(x[0], x[-1]), ylim=(-0.3 - gap * k - 0.2, 1.1), yticks=[],
+           xlabel=f"2θ (°) at {wavelength}" if wavelength else "2θ (°)",
+           ylabel="intensity (normalised)")
     head.text(0, 1, title, ha="left", va="top", fontsize=10, transform=head.transAxes)
     head.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, -0.05), ncols=ncols, fontsize=8,
                 frameon=False, handlelength=1.6, columnspacing=2.5, borderaxespad=0)
@@ -213,6 +223,6 @@ def plot_explanation(
     cax = head.inset_axes((0.84, 0.1, 0.16, 0.16 * 1.2 / header))
     bar = fig.colorbar(image, cax=cax, orientation="horizontal", ticks=[0, 1])
     bar.ax.set_xticklabels(["low", "high"], fontsize=7)
-    bar.ax.set_title("class activation: what drove #1", fontsize=7.5, pad=2)
+    bar.ax.set_title("peaks that drove the answer (#1)", fontsize=7.5, pad=2)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,78 +1,154 @@
-"""The HTML report: one self-contained page (summary table, a section per file) for a batch of predictions."""
+"""The HTML report: a compact summary table, then a section per file, its plots as PNG files beside it.
+
+A batch of 118 files gives a page of some tens of KB that opens at once: the summary row of a
+file is one line (its name, the answer, the reduced formula, the probability and a one-word
+status badge) and links to the file's section, where the details are: the warnings in full, the
+peak evidence, the top-5 table and the explanation plot. The plots are PNG files referenced by
+relative paths (never inlined: 118 inline plots made a 15 MB page); copy the HTML together with
+its folder of plots.
+"""
 
 from __future__ import annotations
 
-import base64
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any
+from urllib.parse import quote
 
 from xrdid.identify.names import DisplayName, format_probability
 
-__all__ = ["html_report"]
+__all__ = ["STATUSES", "html_report", "render_report", "status_of"]
+
+# badge text -> (css class, what it means: the badge's tooltip and the page's legend)
+STATUSES: dict[str, tuple[str, str]] = {
+    "ok": ("ok", "the strongest measured peaks are explained by the answer's reflections"),
+    "note": ("note", "an answer with a note (e.g. the scan covers little of the range): read the file's section"),
+    "not in library?": ("flag", "the answer does not fit well: the material may not be in the library"),
+    "unchecked": ("plain", "the model carries no not-in-library rule and no peak check: an unverified ranking"),
+    "error": ("fail", "the file could not be read"),
+}
 
 _REPORT = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
 <style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #222; padding: 0 1em; }
-table { border-collapse: collapse; margin: .6em 0; font-size: 0.92em; }
-th, td { border-bottom: 1px solid #ddd; padding: .25em .8em; text-align: left; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-section { border-top: 2px solid #888; margin-top: 2.2em; padding-top: .4em; }
-.ok { color: #1a7f37; } .warn { color: #9a6700; } .fail { color: #cf222e; }
-ul.warnings { background: #fff8c5; border: 1px solid #d4a72c; padding: .5em 2em; }
-ul.warnings.fail { background: #ffebe9; border-color: #cf222e; }
-img { max-width: 100%; }
-.meta { color: #666; font-size: .85em; }
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1250px;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:.2em 0}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92em;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid #ddd;padding:.2em .7em;text-align:left;white-space:nowrap;vertical-align:top}
+th{background:#f3f3f3}
+#summary td:first-child,#summary td:nth-child(5),.c td:first-child,.c td:nth-child(4),.e td:nth-child(-n+2),.e td:nth-child(4){text-align:right}
+#summary td:nth-child(2){white-space:normal;overflow-wrap:anywhere;max-width:24em}
+dl.meta{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:.5em 0;font-size:.9em}
+dl.meta dt{color:#666}dl.meta dd{margin:0}
+.b{display:inline-block;padding:0 .55em;border-radius:.8em;font-size:.85em;line-height:1.5;border:1px solid}
+.b.ok{color:#1a7f37;background:#dafbe1;border-color:#4ac26b}.b.note{color:#7d4e00;background:#fff8c5;border-color:#d4a72c}
+.b.flag{color:#953800;background:#fff1e5;border-color:#fb8f44}.b.fail{color:#cf222e;background:#ffebe9;border-color:#ff8182}
+.b.plain{color:#555;background:#f3f3f3;border-color:#bbb}
+section{border-top:2px solid #888;margin-top:1.8em;padding-top:.4em;scroll-margin-top:.5em}
+section:target{background:#fffbe6;box-shadow:0 0 0 .5em #fffbe6}
+ul.w{background:#fff8c5;border:1px solid #d4a72c;padding:.4em 2em;margin:.4em 0}ul.w.fail{background:#ffebe9;border-color:#cf222e}
+.path,.legend,.up{color:#666;font-size:.85em}.up{float:right}
+.x{color:#1a7f37}.m{color:#cf222e}
+img{max-width:100%;height:auto;display:block}
 </style></head><body>
-<h1>{{ title }}</h1>
-{% if meta %}
-<p class="meta">{% for k, v in meta.items() %}{{ k }}: {{ v }}{{ " · " if not loop.last }}{% endfor %}</p>
-{% endif %}
-<table>
-<tr><th>#</th><th>file</th><th>best candidate</th><th>formula</th><th>probability</th><th>status</th></tr>
+<h1 id="top">{{ title }}</h1>
+{{ prelude }}
+{% if meta %}<dl class="meta">{% for k, v in meta.items() %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>{% endif %}
+<p>{{ entries|length }} file{{ "s" if entries|length != 1 }}{% if folder %} in <span class="path">{{ folder }}</span>{% endif %}:
+{% for s, n in counts %} <span class="b {{ statuses[s][0] }}">{{ s }}</span> {{ n }}{{ " ·" if not loop.last }}{% endfor %}</p>
+<table id="summary">
+<tr><th>#</th><th>file</th><th>answer</th><th>formula</th><th>probability</th><th>status</th></tr>
 {% for e in entries %}
-<tr><td class="num">{{ loop.index }}</td><td><a href="#entry-{{ loop.index }}">{{ e.file }}</a></td>
-{% if e.error %}<td colspan="3"></td><td class="fail">failed: {{ e.error }}</td>
-{% else %}{% set best = e.candidates[0] if e.candidates else {} %}
-<td{% if best.name != best.id %} title="{{ best.id }}"{% endif %}>{{ best.name }}
-{%- if best.common %} <i>{{ best.common }}</i>{% endif %}</td><td>{{ best.formula }}</td>
-<td class="num">{{ best.p_text }}</td>
-<td class="{{ 'warn' if e.warnings else 'ok' }}">
-{%- if e.warnings %}⚠ {{ e.warnings[0]|truncate(70) }}
-{%- if e.warnings|length > 1 %} (+{{ e.warnings|length - 1 }} more){% endif %}
-{%- else %}ok{% endif %}</td>
-{% endif %}</tr>
+{% set best = e.candidates[0] if e.candidates else {} %}
+<tr><td>{{ loop.index }}<td><a href="#{{ e.anchor }}">{{ e.name }}</a><td{% if best.name != best.id %} title="{{ best.id }}"{% endif %}>{{ best.name }}
+{%- if best.common %} <i>{{ best.common }}</i>{% endif %}<td>{{ best.formula }}<td>{{ best.p_text }}<td><span class="b {{ statuses[e.status][0] }}">{{ e.status }}</span>
 {% endfor %}
 </table>
+<p class="legend">{% for s, (c, why) in statuses.items() %}<span class="b {{ c }}">{{ s }}</span> {{ why }}{{ "; " if not loop.last else "." }} {% endfor %}</p>
 {% for e in entries %}
-<section id="entry-{{ loop.index }}">
-<h2>{{ loop.index }}. {{ e.file }}</h2>
-{% if e.error %}<ul class="warnings fail"><li>could not be read: {{ e.error }}</li></ul>{% endif %}
-{% if e.warnings %}<ul class="warnings">{% for w in e.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
+<section id="{{ e.anchor }}"><a class="up" href="#summary">↑ summary</a>
+<h2>{{ loop.index }}. {{ e.name }} <span class="b {{ statuses[e.status][0] }}">{{ e.status }}</span></h2>
+{% if e.error %}<ul class="w fail"><li>could not be read: {{ e.error }}</ul>
+{% endif %}
+{% if e.warnings %}<ul class="w">{% for w in e.warnings %}<li>{{ w }}{% endfor %}</ul>
+{% endif %}
 {% if e.candidates %}
-<table><tr><th>rank</th><th>id</th><th>formula</th><th>probability</th></tr>
-{% for c in e.candidates %}<tr><td class="num">{{ loop.index }}</td>
-<td{% if c.name != c.id %} title="{{ c.id }}"{% endif %}>{{ c.name }}{% if c.common %} <i>{{ c.common }}</i>{% endif %}</td>
-<td>{{ c.formula }}</td><td class="num">{{ c.p_text }}</td></tr>
+<table class="c"><tr><th>rank<th>library entry<th>formula<th>probability
+{% for c in e.candidates %}<tr><td>{{ loop.index }}<td{% if c.name != c.id %} title="{{ c.id }}"{% endif %}>{{ c.name }}
+{%- if c.common %} <i>{{ c.common }}</i>{% endif %}<td>{{ c.formula }}<td>{{ c.p_text }}
 {% endfor %}</table>
 {% endif %}
-{% if e.image %}<img src="{{ e.image }}" alt="explanation of {{ e.file }}">{% endif %}
+{% if e.evidence %}{% set ev = e.evidence %}
+{% if ev.explained %}
+<p>Peak check: <b class="x">the {{ ev.peaks|length }} strongest measured peaks are all explained</b> by reflections of {{ ev.name }}:
+{% for p in ev.peaks %} {{ p.two_theta }}° ({{ p.hkl }}){{ "," if not loop.last else "." }}{% endfor %}</p>
+{% else %}
+<p>Peak check: <b class="m">not all of the {{ ev.peaks|length }} strongest measured peaks are explained</b> by reflections of {{ ev.name }}{{ ":" if ev.peaks else " (no peak found)." }}</p>
+{% if ev.peaks %}<table class="e"><tr><th>measured 2θ<th>height<th>nearest reflection<th>at 2θ<th>verdict
+{% for p in ev.peaks %}<tr><td>{{ p.two_theta }}°<td>{{ p.height }} %<td>{{ p.hkl }}<td>{{ p.at }}
+{%- if p.explained %}<td class="x">✓ explained{% else %}<td class="m">✗ {{ p.why }}{% endif %}
+
+{% endfor %}</table>
+{% endif %}
+{% endif %}
+{% endif %}
+{% if e.image %}<img src="{{ e.image }}"{% if e.size %} width="{{ e.size[0] }}" height="{{ e.size[1] }}"{% endif %} loading="lazy" alt="explanation plot">
+{% endif %}
 </section>
 {% endfor %}
 </body></html>
 """
 
 
-def _image_src(image: str | Path | bytes | None) -> str | None:
-    """A data URI of a PNG (file or bytes), so the report is one self-contained file."""
-    if image is None:
+def status_of(entry: Mapping[str, Any]) -> str:
+    """The one-word verdict of a report entry: a key of :data:`STATUSES`.
+
+    Examples
+    --------
+    >>> status_of({"error": "unknown format"}), status_of({"in_library": False, "warnings": ["low confidence"]})
+    ('error', 'not in library?')
+    >>> status_of({"in_library": True}), status_of({"in_library": True, "warnings": ["covers 30%"]}), status_of({})
+    ('ok', 'note', 'unchecked')
+    """
+    if entry.get("error"):
+        return "error"
+    if entry.get("in_library") is False:
+        return "not in library?"
+    if entry.get("warnings"):
+        return "note"
+    explained = (entry.get("evidence") or {}).get("explained")
+    return "ok" if entry.get("in_library") is True or explained else "unchecked"
+
+
+def _hkl(hkl: Sequence[int]) -> str:
+    """Miller indices as text with overbars (combining U+0305) for negatives: ``31̅2``."""
+    parts = ["".join(d + "\u0305" for d in str(-int(h))) if h < 0 else str(int(h)) for h in hkl]
+    return (" " if any(abs(int(h)) >= 10 for h in hkl) else "").join(parts)
+
+
+def _evidence(evidence: Mapping[str, Any] | None, names: Mapping[str, DisplayName]) -> dict[str, Any] | None:
+    """The peak check as the report prints it: each judged peak with its reflection's hkl and 2θ."""
+    if not evidence or "peaks" not in evidence:
         return None
-    data = image if isinstance(image, bytes) else Path(image).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    shown = names.get(str(evidence.get("candidate", "")))
+    peaks = []
+    for p in evidence["peaks"]:
+        ref = p.get("reflection") or {}
+        off = float(ref["two_theta"]) - float(p["two_theta"]) if "two_theta" in ref else None
+        if off is None:
+            why = "no reflection near"
+        elif abs(off) > float(p.get("tolerance", math.inf)):
+            why = f"{off:+.2f}° away (tolerance ±{float(p['tolerance']):.2f}°)"
+        else:
+            why = f"too weak in the simulation ({float(p.get('simulated', 0)):.0f} %)"
+        peaks.append({"two_theta": f"{float(p['two_theta']):.2f}", "height": f"{float(p.get('height', 0)):.0f}",
+                      "explained": bool(p.get("explained")), "hkl": _hkl(ref["hkl"]) if ref.get("hkl") else "",
+                      "at": f"{float(ref['two_theta']):.2f}°" if off is not None else "", "why": why})
+    return {"name": shown.name if shown else evidence.get("candidate", ""),
+            "explained": bool(evidence.get("explained")), "peaks": peaks}
 
 
 def _shown(candidate: Mapping[str, Any], names: Mapping[str, DisplayName]) -> dict[str, Any]:
@@ -85,6 +161,90 @@ def _shown(candidate: Mapping[str, Any], names: Mapping[str, DisplayName]) -> di
                 p_text=format_probability(probability) if math.isfinite(probability) else "")
 
 
+def _short_names(files: Sequence[str]) -> tuple[list[str], str]:
+    """Each file relative to the folder all of them share (its bare name for one folder), and that folder.
+
+    Names that would still collide, or paths with no common folder, are kept as given.
+    """
+    parents = [str(PurePath(f).parent) for f in files]
+    try:
+        folder = os.path.commonpath(parents) if parents else ""
+    except ValueError:  # absolute and relative paths mixed
+        return list(files), ""
+    short = [os.path.relpath(f, folder) if folder else f for f in files]
+    if len(set(short)) < len(set(files)):
+        return list(files), ""
+    return short, "" if folder in ("", ".") else folder
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's header: the page reserves the plot's space before it loads."""
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def render_report(
+    entries: Sequence[Mapping[str, Any]],
+    title: str = "xrdid identification report",
+    meta: Mapping[str, Any] | None = None,
+    names: Mapping[str, DisplayName] | None = None,
+    image_src: Callable[[int, Any], str | None] | None = None,
+    prelude: str = "",
+) -> str:
+    """The report's HTML text; :func:`html_report` writes it with its plots beside it.
+
+    Parameters
+    ----------
+    entries, title, meta, names : as for :func:`html_report`.
+    image_src : ``(index, image) -> src`` for each entry that has an ``image``, e.g. a relative
+        file path; None leaves the plots out.
+    prelude : trusted HTML put under the title as it is (``xrdid ui`` puts its upload form there).
+
+    Examples
+    --------
+    >>> page = render_report([{"file": "/data/a.xy", "candidates": [{"id": "Ag_225", "formula": "Ag",
+    ...                        "probability": 0.9}], "in_library": True}])
+    >>> '<a href="#entry-1">a.xy</a>' in page, '<span class="b ok">ok</span>' in page
+    (True, True)
+    """
+    import jinja2
+    from markupsafe import Markup
+
+    names = names or {}
+    files = []
+    for e in entries:
+        if "file" not in e:
+            raise ValueError("every report entry needs a 'file'")
+        files.append(str(e["file"]))
+    short, folder = _short_names(files)
+    rows = []
+    for i, (e, name) in enumerate(zip(entries, short)):
+        image = e.get("image")
+        src = image_src(i, image) if image is not None and image_src is not None else None
+        if isinstance(image, bytes):
+            size = _png_size(image[:24])
+        elif isinstance(image, (str, Path)) and src is not None:
+            try:
+                with open(image, "rb") as handle:
+                    size = _png_size(handle.read(24))
+            except OSError:
+                size = None
+        else:
+            size = None
+        rows.append({
+            "file": files[i], "name": name, "anchor": f"entry-{i + 1}", "status": status_of(e),
+            "candidates": [_shown(c, names) for c in e.get("candidates") or []],
+            "warnings": [str(w) for w in e.get("warnings") or []], "error": e.get("error"),
+            "evidence": _evidence(e.get("evidence"), names), "image": src, "size": size,
+        })  # fmt: skip
+    counts = [(s, n) for s in STATUSES if (n := sum(r["status"] == s for r in rows))]
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.from_string(_REPORT).render(title=title, entries=rows, meta=dict(meta or {}), folder=folder,
+                                           counts=counts, statuses=STATUSES, prelude=Markup(prelude))
+
+
 def html_report(
     entries: Sequence[Mapping[str, Any]],
     path: str | Path,
@@ -92,20 +252,30 @@ def html_report(
     meta: Mapping[str, Any] | None = None,
     names: Mapping[str, DisplayName] | None = None,
 ) -> Path:
-    """Write a self-contained HTML report: a summary table, then one section per file.
+    """Write the HTML report: a header, a one-line-per-file summary table, then one section per file.
+
+    The summary row gives the file's name (relative to the folder all files share, which the
+    header names once), the best candidate, its reduced formula, its probability and a status
+    badge (:func:`status_of`: ``ok``, ``note``, ``not in library?``, ``unchecked``, ``error``) and
+    links to the file's section (``id="entry-N"``), which holds the full warnings, the peak
+    evidence, the top-k table and the plot. Plots are referenced by paths relative to ``path``;
+    plots given as bytes are written to the folder ``path`` without its suffix.
 
     Parameters
     ----------
     entries : one mapping per file, in order:
 
         ``file`` (str, shown as given and HTML-escaped), ``candidates`` (best first, dicts with
-        ``id``, ``formula``, ``probability``: the top-5 table), ``image`` (a PNG path or PNG
-        bytes, e.g. from :func:`plot_explanation`; embedded as base64; optional), ``warnings``
-        (list of str: not in the library, low coverage, ...; optional) and ``error`` (why the
-        file could not be read; optional, then no candidates are needed).
+        ``id``, ``formula``, ``probability``: the top-k table), ``image`` (a PNG path or PNG
+        bytes, e.g. from :func:`plot_explanation`; optional), ``warnings`` (list of str: not in
+        the library, low coverage, ...; optional), ``in_library`` (the not-in-library verdict;
+        optional), ``evidence`` (the peak check of :func:`~xrdid.identify.evidence.peak_evidence`;
+        optional) and ``error`` (why the file could not be read; optional, then no candidates
+        are needed).
     path : HTML file to write.
     title : page title.
-    meta : shown under the title (e.g. model name and version, wavelength, library hash).
+    meta : shown under the title, one line per key (e.g. model name and version, wavelength and
+        2θ range, library size and hash).
     names : library id → how to show it (:func:`~xrdid.identify.names.display_names`: short id,
         reduced formula, mineral); the full id becomes the cell's tooltip. Without it (or for an
         id it lacks) the id and ``formula`` are shown as given. Probabilities are shown by
@@ -123,26 +293,19 @@ def html_report(
     >>> _ = html_report([{"file": "a<b>.xy", "candidates": [{"id": "Ag_225", "formula": "Ag", "probability": 0.9}]},
     ...                  {"file": "bad.raw", "error": "unknown format"}], out)
     >>> text = open(out).read()
-    >>> "a&lt;b&gt;.xy" in text, "<b>" in text, text.count("<section")
-    (True, False, 2)
+    >>> "a&lt;b&gt;.xy" in text, "<b>.xy" in text, text.count("<section"), "data:image" in text
+    (True, False, 2, False)
     """
-    import jinja2
-
-    rows = []
-    for e in entries:
-        if "file" not in e:
-            raise ValueError("every report entry needs a 'file'")
-        candidates = [_shown(c, names or {}) for c in e.get("candidates") or []]
-        rows.append({
-            "file": str(e["file"]),
-            "candidates": candidates,
-            "warnings": [str(w) for w in e.get("warnings") or []],
-            "error": e.get("error"),
-            "image": _image_src(e.get("image")),
-        })  # fmt: skip
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
-    html = env.from_string(_REPORT).render(title=title, entries=rows, meta=dict(meta or {}))
     path = Path(path)
-    path.write_text(html, encoding="utf-8")
+    plots = path.with_suffix("")
+
+    def image_src(index: int, image: str | Path | bytes) -> str:
+        if isinstance(image, bytes):  # written beside the page, as predict's plots are
+            plots.mkdir(parents=True, exist_ok=True)
+            (plots / f"{index + 1:04d}.png").write_bytes(image)
+            image = plots / f"{index + 1:04d}.png"
+        relative = os.path.relpath(Path(image).resolve(), path.parent.resolve())
+        return quote(PurePath(relative).as_posix())
+
+    path.write_text(render_report(entries, title, meta, names, image_src), encoding="utf-8")
     return path

@@ -1,0 +1,95 @@
+"""The ``register_open`` stage: log the open-library identifier to MLflow and register it.
+
+Its run holds the parameters, the git commit, the DVC hashes and every metric of the ``match``
+stage; the identifier folder becomes a version of ``match.model_name`` (default: the tracking
+section's ``model_name`` plus ``-open``), which competes for ``champion`` like the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xrdid.config import Grid, load_params
+from xrdid.errors import InputError
+from xrdid.ops.registry import log_identifier_folder, register
+from xrdid.ops.tracking import _flat_params, configure_from_params, dvc_hashes, flatten, git_commit
+from xrdid.stages.options import add_out, add_params, add_progress
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping
+    from typing import Any
+
+
+def model_name(params: Mapping[str, Any]) -> str:
+    """The registered name of the open-library identifier."""
+    match = params.get("match") or {}
+    return str(match.get("model_name") or f"{(params.get('tracking') or {}).get('model_name', 'xrdid')}-open")
+
+
+def run(params: Mapping[str, Any], model_dir: str | Path, metrics_path: str | Path, plots_dir: str | Path,
+        lock: str | Path = "dvc.lock") -> dict[str, Any]:
+    """Log the ``match`` stage's identifier and metrics as one MLflow run and register the identifier."""
+    import mlflow
+
+    configure_from_params(params)
+    metrics = json.loads(Path(metrics_path).read_text())
+    spec = json.loads(Path(model_dir, "identifier.json").read_text())
+    name = model_name(params)
+    with mlflow.start_run(run_name=f"open-{name}") as run:
+        mlflow.set_tags({"git_commit": git_commit(), "stage": "register_open", "model": "open-library",
+                         **{f"dvc.{path}": md5 for path, md5 in dvc_hashes(lock).items()}})
+        mlflow.log_params({k: v for k, v in _flat_params(params).items() if not k.startswith("tune.")})
+        mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and v == v})
+        mlflow.log_artifact(str(metrics_path))
+        if Path(plots_dir).is_dir():
+            mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
+        model_uri = log_identifier_folder(model_dir, Grid.from_params(spec["grid"]))
+        test_set, scores = _test_set(params, metrics, spec["provenance"].get("library_sha256", ""))
+        version, promoted = register(model_uri, name, test_set, scores)
+        mlflow.set_tags({"registered_model": name, "registered_version": version.version})
+    return {"run_id": run.info.run_id, "model_uri": model_uri, "name": name, "version": int(version.version),
+            "champion": promoted, "test_set": test_set, **scores}
+
+
+def _test_set(params: Mapping[str, Any], metrics: Mapping[str, Any],
+              library_sha256: str) -> tuple[str, dict[str, float]]:
+    """The measured patterns when scored (labels file and library hashes), else synthetic spectra of seen entries."""
+    measured = (metrics.get("measured") or {}).get("open")
+    library = f"library:{library_sha256[:12]}"
+    if measured:
+        labels = Path(((params.get("evaluate") or {}).get("measured") or {})["labels"])
+        where, table = f"measured:{hashlib.sha256(labels.read_bytes()).hexdigest()[:12]}:{library}", measured
+    else:
+        where, table = f"synthetic:{library}", metrics["synthetic"]["seen"]
+    return where, {f"top{k}": float(table[f"top{k}"]) for k in range(1, 6)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params(parser, "tracking, match (and all, logged with the run)")
+    parser.add_argument("--model", default="models_open", help="the match stage's identifier folder")
+    parser.add_argument("--metrics", default="metrics_open.json", help="the match stage's metrics")
+    parser.add_argument("--plots", default="plots_open", help="the match stage's plots")
+    parser.add_argument("--lock", default="dvc.lock", help="dvc.lock whose hashes the run records")
+    add_out(parser, None, "write the registration (name, version, champion) as JSON here")
+    add_progress(parser)
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if not args.progress:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    for path in (Path(args.model) / "identifier.json", Path(args.metrics)):
+        if not path.is_file():
+            raise InputError(path, "missing: run the index and match stages first")
+    result = run(load_params(args.params), args.model, args.metrics, args.plots, args.lock)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    state = "champion" if result["champion"] else "not champion"
+    print(f"registered {result['name']} v{result['version']} ({state}); top1 {result['top1']:.3f} on {result['test_set']}")
+    return 0
