@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,6 +52,7 @@ from xrdid.xrd.strain import StrainAxis
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
+FLOAT32_BUDGET = 2**30  # bytes: a loaded index keeps its fit vectors as float32 up to this size
 _ROW_COLUMNS = ("id", "formula", "reduced_formula", "spacegroup", "refcode", "overlaps", "source")  # for answers
 
 
@@ -117,7 +119,8 @@ class LibraryIndex:
     rows : one dict per entry (``id``, ``formula``, ``material``, ...), in pattern order.
     grid : the 2θ grid the patterns were simulated on (measured rows must come on it).
     settings : the :class:`SearchSettings`.
-    fine : float16 (n_entries, axis points): smoothed ``I ** power`` for the fit.
+    fine : (n_entries, axis points) smoothed ``I ** power`` for the fit: float16 on disk, float32
+        once loaded when that takes at most :data:`FLOAT32_BUDGET`.
     coarse : float32 (n_entries, d): unit vectors for the candidate search.
     patterns_sha256 : hash of the simulated patterns' ``meta.json`` (ids, grid, settings).
     """
@@ -195,6 +198,8 @@ class LibraryIndex:
             raise InputError(folder, f"not an xrdid index ({exc})") from exc
         if not (len(rows) == len(fine) == len(coarse)):
             raise InputError(folder, f"library.csv has {len(rows)} rows but the vectors {len(fine)}: a partial copy")
+        if fine.size * 4 <= FLOAT32_BUDGET:  # float16 on disk; float32 in memory spares a conversion per query
+            fine = fine.astype(np.float32)
         return cls(rows, grid, settings, fine, coarse, str(meta.get("patterns_sha256", "")))
 
     @classmethod
@@ -238,31 +243,52 @@ class LibraryIndex:
         fine, coarse = _vectors(axis.resample(X, self.grid), mask, self.settings)
         return fine.astype(np.float32), mask, coarse
 
-    def search(self, X: np.ndarray, covered: np.ndarray | None = None, top: int | None = None) -> Matches:
-        """The best ``top`` entries of each measured row (default: all ``candidates``), best first."""
+    def search(self, X: np.ndarray, covered: np.ndarray | None = None, top: int | None = None,
+               workers: int | None = None) -> Matches:
+        """The best ``top`` entries of each measured row (default: all ``candidates``), best first.
+
+        Each pattern's fit is a few small matrix products: BLAS and OpenMP threads would only spin
+        against each other (15× slower on a busy 2-core machine), so they run single-threaded and
+        the patterns are spread over ``workers`` threads (default: the CPU count, at most 8).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
         s = self.settings
+        workers = workers or min(8, os.cpu_count() or 1)
         fine, mask, coarse = self.prepare(X, covered)
         k = min(int(s.candidates), len(self))
-        _, rows = self._index().search(np.ascontiguousarray(coarse), k)
+        n_top = k if top is None else min(int(top), k)
         m = self.axis.points(s.max_strain)
         shifts = np.arange(-m, m + 1)
         penalty = (s.strain_penalty * 100 * np.abs(self.axis.strain(shifts))).astype(np.float32)[:, None]
-        n_top = k if top is None else min(int(top), k)
         out = [np.empty((len(fine), n_top)) for _ in range(4)]
-        for q in range(len(fine)):  # one (shifts × points) @ (points × candidates) product per pattern
-            windows = sliding_window_view(np.pad(fine[q], m), fine.shape[1])  # row j: the pattern moved by j - m
+
+        def fit(q: int, rows: np.ndarray) -> None:
+            # one (shifts × points) @ (points × candidates) product; row j: the pattern moved by j - m
+            windows = sliding_window_view(np.pad(fine[q], m), fine.shape[1])
             covers = sliding_window_view(np.pad(mask[q].astype(np.float32), m), fine.shape[1])
-            cand = self.fine[rows[q]].astype(np.float32)
-            dots = windows @ cand.T
-            norms = np.sqrt(covers @ (cand * cand).T) * np.linalg.norm(windows, axis=1, keepdims=True)
-            cosine = dots / np.maximum(norms, 1e-12)
+            cand = self.fine[rows].astype(np.float32, copy=False)
+            cosine = (windows @ cand.T) / np.maximum(
+                np.sqrt(covers @ (cand * cand).T) * np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
             scored = cosine - penalty
             best = scored.argmax(axis=0)
             score = scored[best, np.arange(k)]
             order = np.argsort(-score, kind="stable")[:n_top]
-            out[0][q], out[1][q] = rows[q][order], score[order]
+            out[0][q], out[1][q] = rows[order], score[order]
             out[2][q] = cosine[best[order], order]
             out[3][q] = self.axis.strain(shifts[best[order]])  # the measured cell relative to the entry's
+
+        with threadpool_limits(1):
+            with threadpool_limits(workers if len(fine) >= 64 else 1, user_api="openmp"):  # faiss splits a batch
+                _, found = self._index().search(np.ascontiguousarray(coarse), k)
+            if workers > 1 and len(fine) > 1:
+                with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the products
+                    list(pool.map(fit, range(len(fine)), found))
+            else:
+                for q, rows in enumerate(found):
+                    fit(q, rows)
         return Matches(out[0].astype(np.int64), *(a.astype(np.float32) for a in out[1:]))
 
     def _index(self) -> Any:
