@@ -61,6 +61,10 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", metavar="DIR",
                    help="save one PNG per file: the pattern with its class activation map over the best candidates")
     p.add_argument("--report", metavar="HTML", help="write an HTML report (top-5 table, plot, warnings per file)")
+    p.add_argument("--mixture", action="store_true",
+                   help="also name every phase of a multi-phase sample with its weight fraction and confidence "
+                        "(JSON: \"phases\", \"residual_share\"; needs the library's simulated patterns)")
+    p.add_argument("--max-phases", type=int, default=4, help="with --mixture: most phases per file (default 4)")
     add_progress(p)
     p.set_defaults(func=_predict)
 
@@ -84,6 +88,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise InputError(args.library, f"--library needs an open-library model (xrdid match); {args.model} is "
                                            f"a classifier of the {len(identifier.library)} entries it was trained on")
         identifier.use_library(args.library)
+    mixture = _mixture(identifier, args) if args.mixture else None
     files = expand_inputs(args.inputs)
     if not files:
         raise InputError(args.inputs[0], "no measured pattern files found")
@@ -102,7 +107,8 @@ def _predict(args: argparse.Namespace) -> int:
     say(f"model {model} ({len(identifier.library)} library entries) · {conditions}")
     failed = 0
     summary = []
-    results = identifier.predict_files(files, args.top, progress=progress, keep_rows=explain is not None)
+    results = identifier.predict_files(files, args.top, progress=progress,
+                                       keep_rows=explain is not None or mixture is not None)
     plots = None  # opened at the first plot, so that it sits below the reading bar
     for result in results:
         if "error" in result:
@@ -114,11 +120,16 @@ def _predict(args: argparse.Namespace) -> int:
             result["image"] = str(_explain(identifier, result, explain, len(summary), names))
         if plots is not None:
             plots.update(1)
+        if mixture is not None and "candidates" in result:
+            found = mixture.fit(result["row"], result["covered"])[0]
+            result.update(phases=found["phases"], residual_share=found["residual_share"], phases_why=found["why"])
         public = {k: v for k, v in result.items() if k not in ("row", "covered")}
         if args.json:
             print(json.dumps(public), flush=True)
         elif "candidates" in result:
             say(_answer(result, names))
+        if "phases" in result:
+            say(_phases_line(result))
         summary.append(public)
     if plots is not None:
         plots.close()
@@ -138,6 +149,35 @@ def _predict(args: argparse.Namespace) -> int:
     elif args.explain:
         say(f"explanations written to {explain} ({len(summary) - failed} plots)")
     return 2 if failed else 0
+
+
+def _mixture(identifier: Identifier, args: argparse.Namespace) -> Any:
+    """The mixture search over the identifier's library: its simulated patterns, weight fractions from the
+    structures when ``--library`` holds them (else from the formulas, see :mod:`xrdid.identify.mixture`)."""
+    from xrdid.data.library import Library
+    from xrdid.identify.mixture import MixtureSearch, MixtureSettings
+
+    settings = MixtureSettings(max_phases=args.max_phases)
+    try:
+        patterns = identifier.patterns()
+    except InputError:
+        patterns = None
+    if patterns is None:
+        raise InputError(args.model, "--mixture needs the library's simulated patterns and this model carries none: "
+                                     "give them with --library DIR")
+    crystals = None
+    if args.library and (Path(args.library) / "library" / "structures.npz").is_file():
+        library = Library.load(Path(args.library) / "library")
+        where = {entry: i for i, entry in enumerate(library.ids)}
+        if all(entry in where for entry in patterns.ids):
+            crystals = [library.crystal(where[entry]) for entry in patterns.ids]
+    return MixtureSearch(patterns, identifier.library, settings, crystals)
+
+
+def _phases_line(result: Mapping[str, Any]) -> str:
+    """``  phases: ZrO2 41 % (0.93), SnO2 35 % (0.88) · 12 % of the signal unexplained``: weight fraction (confidence)."""
+    shown = ", ".join(f"{p['formula']} {p['weight_fraction']:.0%} ({p['confidence']:.2f})" for p in result["phases"])
+    return f"  phases: {shown or 'none found'} · {result['residual_share']:.0%} of the signal unexplained"
 
 
 def _describe(identifier: Identifier, uri: str) -> tuple[str, str]:

@@ -146,6 +146,76 @@ def reflections(
     return _merge(shell.hkl, shell.g, two_theta, intensity, lattice, min_intensity)
 
 
+def integrated_intensity(
+    crystal: Crystal,
+    wavelength: str | float = "CuKa",
+    two_theta_range: tuple[float, float] = (0.0, 90.0),
+    debye_waller: dict[str, float] | None = None,
+) -> float:
+    """Σ |F|²·LP of every reflection of ``crystal`` in the 2θ range, in electrons² (not scaled to 100).
+
+    :func:`reflections` divides these sums by their largest to put the strongest peak at 100; this
+    is the absolute total. Divided by the cell's volume (Å³) and mass (amu) it is the phase's
+    diffracted intensity per unit mass over the range, what quantitative phase analysis needs
+    (the ``Z M V`` of the Rietveld relation ``W_p ∝ S_p (Z M V)_p``).
+
+    Examples
+    --------
+    >>> from xrdid.xrd.crystal import Crystal
+    >>> po = Crystal("Po", 3.35 * np.eye(3), np.array([84]), np.zeros((1, 3)), np.ones(1))
+    >>> big = Crystal("Po2", 3.35 * np.diag([2, 1, 1]), np.array([84, 84]), np.array([[0, 0, 0], [.5, 0, 0]]),
+    ...               np.ones(2))
+    >>> bool(np.isclose(integrated_intensity(big) / (2 * 2), integrated_intensity(po), rtol=1e-4))  # per cell mass × volume
+    True
+    """
+    lam = wavelength_angstrom(wavelength)
+    lo, hi = two_theta_range
+    r_min, r_max = (2 * math.sin(math.radians(t / 2)) / lam for t in (lo, min(hi, 180.0)))
+    lattice = np.asarray(crystal.lattice, dtype=float)
+    shell = _half_space_points(np.linalg.inv(lattice).T, np.linalg.norm(lattice, axis=1), r_min, r_max)
+    if len(shell.g) == 0:
+        return 0.0
+    structure_factor = _structure_factors(crystal, shell, debye_waller or {}, 1e-7)
+    sin_theta = np.clip(lam * shell.g / 2, -1, 1)
+    lorentz = (1 + (1 - 2 * sin_theta**2) ** 2) / (sin_theta**2 * np.cos(np.arcsin(sin_theta)))
+    return float(np.sum(2 * np.abs(structure_factor) ** 2 * lorentz))  # ×2: the Friedel mates
+
+
+def wilson_intensity(
+    numbers: np.ndarray,
+    amounts: np.ndarray,
+    wavelength: str | float = "CuKa",
+    two_theta_range: tuple[float, float] = (0.0, 90.0),
+    n_points: int = 512,
+) -> float:
+    """Σ |F|²·LP per Å³ of cell that Wilson's statistics expect of atoms ``numbers`` × ``amounts``.
+
+    Reciprocal-lattice points fill reciprocal space with density ``V`` and ⟨|F|²⟩ = Σ n_j f_j²,
+    so the sum over a 2θ range is ``V ∫ 4π g² Σ n_j f_j(g/2)² LP dg``: composition only, no
+    structure. Real structures fall below it (atoms keep apart, which weakens the low-angle
+    reflections): over the 297 oxides and carbonates of the Dara library at 10–100° (Cu Kα),
+    :func:`integrated_intensity` / (V × this) is 0.71 at the median, 0.60–0.86 (5–95 %).
+
+    Examples
+    --------
+    >>> round(wilson_intensity(np.array([14, 8]), np.array([1.0, 2.0]), "CuKa", (10, 100)))  # SiO2
+    4283
+    """
+    lam = wavelength_angstrom(wavelength)
+    lo, hi = two_theta_range
+    g = np.linspace(*(2 * math.sin(math.radians(t / 2)) / lam for t in (lo, min(hi, 180.0))), n_points)
+    s2 = (g / 2) ** 2
+    z = np.asarray(numbers, dtype=np.int64)
+    if not _HAS_SCATTERING[z].all():
+        raise ValueError(f"no X-ray scattering factors for Z={np.unique(z[~_HAS_SCATTERING[z]]).tolist()}")
+    coeffs = _SCATTERING[z]  # (n, 4, 2)
+    form = z[:, None] - 41.78214 * s2 * np.einsum("ni,nim->nm", coeffs[:, :, 0], np.exp(-coeffs[:, :, 1, None] * s2))
+    sin_theta = np.clip(lam * g / 2, -1, 1)
+    lorentz = (1 + (1 - 2 * sin_theta**2) ** 2) / (sin_theta**2 * np.cos(np.arcsin(sin_theta)))
+    integrand = 4 * np.pi * g**2 * (np.asarray(amounts, dtype=float) @ form**2) * lorentz
+    return float(np.trapezoid(integrand, g))
+
+
 @dataclass
 class _Shell:
     """Reciprocal-lattice points with r_min <= |g| <= r_max, one of each Friedel pair, on lines of l.
