@@ -353,12 +353,16 @@ class Identifier:
             if best.get("unreliable_intensities"):
                 result["warnings"].append(f"the CIF of {best['id']} has overlapping atoms: its simulated "
                                           "intensities are unreliable, compare peak positions")
+        self._warn_coverage(results, covered)
+        return results
+
+    def _warn_coverage(self, results: list[dict[str, Any]], covered: np.ndarray | None) -> None:
+        """A note on each result whose scan covers less than half of the model's range."""
         if covered is not None:
             for result, fraction in zip(results, np.asarray(covered).mean(axis=1)):
                 if fraction < 0.5:
                     result["warnings"].append(f"the scan covers only {fraction:.0%} of the model's "
                                               f"{self.grid.start:g}-{self.grid.stop:g}° range")
-        return results
 
     def profiles(self) -> np.ndarray | None:
         """Simulated profiles in class order (from the folder's ``patterns/``), or None."""

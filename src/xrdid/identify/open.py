@@ -198,11 +198,7 @@ class OpenIdentifier(Identifier):
                 if message:
                     result["in_library"] = False
                     result["warnings"].append(message)
-        if covered is not None:
-            for result, fraction in zip(results, np.asarray(covered).mean(axis=1)):
-                if fraction < 0.5:
-                    result["warnings"].append(f"the scan covers only {fraction:.0%} of the model's "
-                                              f"{self.grid.start:g}-{self.grid.stop:g}° range")
+        self._warn_coverage(results, covered)
         return results
 
     def contribution(self, row: np.ndarray, entry: str, strain: float = 0.0) -> np.ndarray:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 
 def add_params(parser: argparse.ArgumentParser, sections: str) -> None:
@@ -30,3 +33,13 @@ def add_stage_inputs(parser: argparse.ArgumentParser, *names: str, role: str = "
     for name in names:
         default, text = helps[name]
         parser.add_argument(f"--{name}", default=default, help=f"{text}{role}")
+
+
+def report_registration(result: dict[str, Any], out: str | None) -> int:
+    """The end of a ``register`` stage: the registration as JSON in ``out`` (when given) and one line."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    state = "champion" if result["champion"] else "not champion"
+    print(f"registered {result['name']} v{result['version']} ({state}); top1 {result['top1']:.3f} on {result['test_set']}")
+    return 0

@@ -34,7 +34,7 @@ from xrdid.ops.tracking import (
     flatten,
     git_commit,
 )
-from xrdid.stages.options import add_out, add_params, add_progress, add_stage_inputs
+from xrdid.stages.options import add_out, add_params, add_progress, add_stage_inputs, report_registration
 
 if TYPE_CHECKING:
     import argparse
@@ -167,9 +167,4 @@ def _main(args: argparse.Namespace) -> int:
             raise InputError(path, "missing: run the train and evaluate stages first")
     result = run(load_params(args.params), args.models, args.metrics, args.plots, args.library,
                             args.patterns, args.augmented, args.lock)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    state = "champion" if result["champion"] else "not champion"
-    print(f"registered {result['name']} v{result['version']} ({state}); top1 {result['top1']:.3f} on {result['test_set']}")
-    return 0
+    return report_registration(result, args.out)

@@ -17,7 +17,7 @@ from xrdid.config import Grid, load_params
 from xrdid.errors import InputError
 from xrdid.ops.registry import log_identifier_folder, register
 from xrdid.ops.tracking import _flat_params, configure_from_params, dvc_hashes, flatten, git_commit
-from xrdid.stages.options import add_out, add_params, add_progress
+from xrdid.stages.options import add_out, add_params, add_progress, report_registration
 
 if TYPE_CHECKING:
     import argparse
@@ -87,9 +87,4 @@ def _main(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise InputError(path, "missing: run the index and match stages first")
     result = run(load_params(args.params), args.model, args.metrics, args.plots, args.lock)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    state = "champion" if result["champion"] else "not champion"
-    print(f"registered {result['name']} v{result['version']} ({state}); top1 {result['top1']:.3f} on {result['test_set']}")
-    return 0
+    return report_registration(result, args.out)
