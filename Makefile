@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run repro test test-fast bench rruff236 rruff mp coremof ui clean metrics plots
+.PHONY: help venv run repro test test-fast bench rruff236 rruff mp dara coremof ui clean metrics plots
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ rruff: rruff236 ## alias of rruff236
 
 mp: venv ## run the MP profile (needs ../shared/data): open-library identifier among 25,236 entries, 118 measured tests
 	cd pipelines/mp && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
+
+dara: venv ## run the Dara profile (needs ../shared/data): every phase of 100 measured mixture scans, 297 MP entries
+	cd pipelines/dara && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro
 
 coremof: venv ## run the CoRE MOF profile: open-library identifier among all 12,020 CoRE MOF 2019-ASR entries
 	cd pipelines/coremof && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/dvc repro

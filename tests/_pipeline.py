@@ -18,7 +18,7 @@ def tiny_params(tmp_path: Path, **sections: dict) -> Path:
     params["grid"].update({"two_theta_min": 5.0, "two_theta_max": 40.0, "n_points": 876})
     params["library"].update({"select": 4, "workers": 1})
     params["noise"]["physical"]["n_entries"] = 16
-    params["augment"].update({"ratio": 10, "workers": 1})
+    params["augment"].update({"ratio": 10, "workers": 1, "mixtures": {"count": 6, "phases": [2, 3], "min_fraction": 0.1}})
     params["train"].update({"epochs": 2, "batch_size": 16})
     params["evaluate"].update({"classical": ["naive_bayes", "knn"], "baseline_val_samples": 20, "n_match_plots": 2})
     params["match"].update({"calibration_samples": 200, "test_samples": 50})
@@ -47,13 +47,16 @@ def run_pipeline(tmp_path: Path, params: Path, register: bool = False) -> dict:
         ["match", "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--noise", f"{d}/noise_bank",
          "--index", f"{d}/index", "--out", f"{d}/models_open", "--metrics", f"{d}/metrics_open.json",
          "--plots", f"{d}/plots_open"],
+        ["mixture", "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--augmented", f"{d}/augmented",
+         "--out", f"{d}/mixture", "--metrics", f"{d}/metrics_mixture.json", "--plots", f"{d}/plots_mixture"],
     ]
     if register:
         steps.append(["register", "--models", f"{d}/models", "--metrics", f"{d}/metrics.json", "--plots", f"{d}/plots",
                       "--library", f"{d}/library", "--patterns", f"{d}/patterns", "--augmented", f"{d}/augmented",
                       "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered.json"])
         steps.append(["register_open", "--model", f"{d}/models_open", "--metrics", f"{d}/metrics_open.json",
-                      "--plots", f"{d}/plots_open", "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered_open.json"])
+                      "--plots", f"{d}/plots_open", "--mixture", f"{d}/mixture", "--mixture-metrics",
+                      f"{d}/metrics_mixture.json", "--lock", f"{d}/dvc.lock", "--out", f"{d}/registered_open.json"])
     for step in steps:
         assert main([step[0], "--params", str(params), "--no-progress", *step[1:]]) == 0, step[0]
     return json.loads((d / "metrics.json").read_text())

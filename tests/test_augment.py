@@ -189,7 +189,7 @@ def _write(inputs, out: Path, **params) -> dict:
 
 def test_datasets_on_disk(inputs, tmp_path: Path) -> None:
     meta = _write(inputs, tmp_path / "aug")
-    assert meta["counts"] == {"train": 16, "val": 4, "train_per_entry": 8, "val_per_entry": 2}
+    assert meta["counts"] == {"train": 16, "val": 4, "train_per_entry": 8, "val_per_entry": 2, "mixtures": 0}
     on_disk = json.loads((tmp_path / "aug" / "meta.json").read_text())
     assert on_disk["ids"] == inputs[0].ids and on_disk["grid"] == GRID.to_dict() and on_disk["seed"] == 0
     for split, count in (("train", 16), ("val", 4)):
@@ -198,6 +198,51 @@ def test_datasets_on_disk(inputs, tmp_path: Path) -> None:
         assert isinstance(X, np.memmap) and X.dtype == np.float16 and X.shape == (count, GRID.n_points)
         assert y.dtype == np.int32 and np.bincount(y).tolist() == [count // 2] * 2
         assert_allclose(np.asarray(X, dtype=np.float32).max(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mixtures_are_weight_fractions_of_distinct_entries(inputs, seed: int) -> None:
+    """Each phase's share of the integrated intensity is its weight fraction × its scattering power per mass,
+    and the mixture search reads the weight fractions back."""
+    from scipy.optimize import nnls
+
+    from xrdid.identify.mixture import MixtureSearch
+    from xrdid.xrd.diffraction import intensity_per_mass
+
+    patterns, library, _, _ = inputs
+    mixtures = {"count": 4, "phases": [2, 2], "min_fraction": 0.35}  # a lighter phase below 35 % falls under the 5 % peak rule
+    aug = Augmenter.from_params(patterns, None, library, {**CLEAN, "main_points": GRID.n_points, "mixtures": mixtures})
+    X, entries, fractions = aug.sample_mixtures(np.random.default_rng(seed), 4)
+    assert X.shape == (4, GRID.n_points) and entries.shape == fractions.shape == (4, 2)
+    assert_allclose(fractions.sum(axis=1), 1.0, rtol=1e-6)
+    assert fractions.min() >= 0.35 and (entries[:, 0] != entries[:, 1]).all()
+    power = np.array([intensity_per_mass(library.crystal(i), 1.54184, (GRID.start, GRID.stop)) for i in range(2)])
+    profiles = np.asarray(patterns.profiles, np.float64)
+    search = MixtureSearch(patterns, None, crystals=[library.crystal(i) for i in range(2)])
+    for x, e, f in zip(X, entries, fractions):
+        w = np.zeros(2)
+        w[e] = f
+        scale = nnls(profiles.T, x.astype(np.float64))[0]
+        share = scale * profiles.sum(axis=1)
+        assert_allclose(share / share.sum(), w * power / (w * power).sum(), atol=0.02)
+        found = {p["id"]: p["weight_fraction"] for p in search.fit(x)[0]["phases"]}
+        assert_allclose([found.get(i, 0.0) for i in patterns.ids], w, atol=0.05)
+
+
+def test_mixtures_on_disk(inputs, tmp_path: Path) -> None:
+    meta = _write(inputs, tmp_path / "aug", mixtures={"count": 5, "phases": [1, 2]})
+    assert meta["counts"]["mixtures"] == 5
+    X = np.load(tmp_path / "aug" / "mixtures" / "X.npy")
+    entries = np.load(tmp_path / "aug" / "mixtures" / "entries.npy")
+    fractions = np.load(tmp_path / "aug" / "mixtures" / "fractions.npy")
+    assert X.dtype == np.float16 and X.shape == (5, GRID.n_points) and entries.shape == (5, 2)
+    assert ((entries >= 0) == (fractions > 0)).all() and (entries[:, 0] >= 0).all()
+    assert_allclose(fractions.sum(axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="mixtures of up to 3 phases need"):
+        Augmenter.from_params(inputs[0], None, inputs[1], {"mixtures": {"phases": [2, 3]}}).sample_mixtures(
+            np.random.default_rng(0), 1)
+    with pytest.raises(ValueError, match="min_fraction"):
+        Augmenter.from_params(inputs[0], None, inputs[1], {"mixtures": {"min_fraction": 0.3}})
 
 
 def test_same_seed_same_bytes(inputs, tmp_path: Path) -> None:

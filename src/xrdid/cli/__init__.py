@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("xrdid.stages.train:add_arguments", "stage: train the CNN named in params.yaml on the augmented set"),
     "evaluate": ("xrdid.stages.evaluate:add_arguments", "stage: Top-1..5 of the model and the baselines; metrics.json, plots"),
     "match": ("xrdid.stages.match:add_arguments", "stage: calibrate and score the open-library identifier"),
+    "mixture": ("xrdid.stages.mixture:add_arguments",
+                "stage: calibrate the mixture search's per-phase confidence and score it"),
     "register": ("xrdid.stages.register:add_arguments", "stage: log the run to MLflow, register the model, maybe move champion"),
     "register_open": ("xrdid.stages.register_open:add_arguments",
                       "stage: log the open-library identifier to MLflow and register it"),

@@ -14,6 +14,7 @@ from xrdid.identify.explain import (
     html_report,
     make_candidate,
     plot_explanation,
+    plot_mixture,
 )
 from xrdid.identify.identifier import Identifier, check_top, expand_inputs
 from xrdid.identify.open import load_folder
@@ -59,7 +60,8 @@ def add_predict(p: argparse.ArgumentParser) -> None:
                    help="also write a CSV summary: one row per file (rank-1 id, name, reduced formula, probability, "
                         "in_library, the top ids joined by ';', warnings, error)")
     p.add_argument("--explain", metavar="DIR",
-                   help="save one PNG per file: the pattern with its class activation map over the best candidates")
+                   help="save one PNG per file: the pattern with its class activation map over the best candidates "
+                        "(with --mixture also a second: the phases' fitted profiles stacked, and the residual)")
     p.add_argument("--report", metavar="HTML", help="write an HTML report (top-5 table, plot, warnings per file)")
     p.add_argument("--mixture", action="store_true",
                    help="also name every phase of a multi-phase sample with its weight fraction and confidence "
@@ -121,8 +123,14 @@ def _predict(args: argparse.Namespace) -> int:
         if plots is not None:
             plots.update(1)
         if mixture is not None and "candidates" in result:
-            found = mixture.fit(result["row"], result["covered"])[0]
+            found = mixture.fit(result["row"], result["covered"], profiles=explain is not None)[0]
             result.update(phases=found["phases"], residual_share=found["residual_share"], phases_why=found["why"])
+            if explain is not None:
+                path = explain / f"{len(summary):04d}_{Path(result['file']).stem}_phases.png"
+                plot_mixture(identifier.grid, found["signal"], result["covered"], found["phases"], found["profiles"],
+                             path, Path(result["file"]).name,
+                             wavelength_label(identifier.preprocessing.get("wavelength", "CuKa")))
+                result["phases_image"] = str(path)
         public = {k: v for k, v in result.items() if k not in ("row", "covered")}
         if args.json:
             print(json.dumps(public), flush=True)
@@ -152,26 +160,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _mixture(identifier: Identifier, args: argparse.Namespace) -> Any:
-    """The mixture search over the identifier's library: its simulated patterns, weight fractions from the
-    structures when ``--library`` holds them (else from the formulas, see :mod:`xrdid.identify.mixture`)."""
-    from xrdid.data.library import Library
+    """The mixture search over the identifier's library (structures from ``--library`` when it holds them)."""
     from xrdid.identify.mixture import MixtureSearch, MixtureSettings
 
-    settings = MixtureSettings(max_phases=args.max_phases)
-    try:
-        patterns = identifier.patterns()
-    except InputError:
-        patterns = None
-    if patterns is None:
-        raise InputError(args.model, "--mixture needs the library's simulated patterns and this model carries none: "
-                                     "give them with --library DIR")
-    crystals = None
-    if args.library and (Path(args.library) / "library" / "structures.npz").is_file():
-        library = Library.load(Path(args.library) / "library")
-        where = {entry: i for i, entry in enumerate(library.ids)}
-        if all(entry in where for entry in patterns.ids):
-            crystals = [library.crystal(where[entry]) for entry in patterns.ids]
-    return MixtureSearch(patterns, identifier.library, settings, crystals)
+    MixtureSettings(max_phases=args.max_phases)  # a bad --max-phases is refused before the search is built
+    library = Path(args.library) / "library" if args.library else None
+    return MixtureSearch.for_identifier(identifier, args.max_phases, library)
 
 
 def _phases_line(result: Mapping[str, Any]) -> str:

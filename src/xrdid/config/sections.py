@@ -37,6 +37,9 @@ __all__ = [
     "EvaluateSection",
     "GridSection",
     "LibrarySection",
+    "MixtureMeasuredSection",
+    "MixtureSection",
+    "MixturesAugmentSection",
     "ModelSection",
     "NoiseSection",
     "Params",
@@ -275,7 +278,7 @@ class LibrarySection(_Section):
     source: Literal["core-mof", "folder"] = "core-mof"
     dataset: str | int = "2019-ASR"  # core-mof checks the name (YAML reads 2014 as a number)
     folder: str | tuple[str, ...] | None = None
-    select: Literal["all"] | int | tuple[str | int, ...] = 50
+    select: Literal["all"] | int | tuple[str | int, ...] | str = 50  # a str other than "all": a file of ids
     seed: int = _f(0, ge=0)
     max_atoms: int = _f(5000, ge=1)
     elements_allowed: tuple[str, ...] = ()
@@ -365,6 +368,22 @@ class NoiseSection(_Section):
 
 
 @dataclass(frozen=True)
+class MixturesAugmentSection(_Section):
+    """``augment.mixtures``: spectra of several entries at random weight fractions (0: none written)."""
+
+    _key = "augment.mixtures"
+    count: int = _f(32, ge=0)
+    phases: tuple[int, int] = _f((2, 4), ge=1)
+    min_fraction: float = _f(0.05, ge=0, lt=0.5)
+
+    def _check(self) -> str | None:
+        lo, hi = self.phases
+        if lo > hi:
+            return f"phases: expected [lo, hi] with lo <= hi, got {list(self.phases)}"
+        return None if self.min_fraction * hi < 1 else f"min_fraction × {hi} phases must stay below 1"
+
+
+@dataclass(frozen=True)
 class AugmentSection(_Section):
     """``augment``: augmented datasets (varied reflections + noise-bank rows)."""
 
@@ -390,6 +409,7 @@ class AugmentSection(_Section):
     width_bands: int = _f(1, ge=1)
     chunk_size: int = _f(256, ge=1)
     workers: int = _f(2, ge=1)
+    mixtures: MixturesAugmentSection = field(default_factory=MixturesAugmentSection)
 
     def _check(self) -> str | None:
         return "shuffle: expected at least one mode, got []" if self.shuffle == () else None
@@ -497,6 +517,27 @@ class MatchSection(_Section):
 
 
 @dataclass(frozen=True)
+class MixtureMeasuredSection(_Section):
+    """``mixture.measured``: measured mixtures (``labels.csv``: pattern, phases[, phases_not_in_library, scan])."""
+
+    _key = "mixture.measured"
+    labels: str | None = None
+    folder: str | None = None
+    default_wavelength: Wavelength = _f("CuKa", gt=0)
+
+
+@dataclass(frozen=True)
+class MixtureSection(_Section):
+    """``mixture``: the phases of multi-phase samples (xrdid.identify.mixture; stage mixture)."""
+
+    _key = "mixture"
+    max_phases: int = _f(4, ge=1)
+    settings: dict[str, Any] = _f({})  # other MixtureSettings fields; empty: their defaults
+    calibration_share: float = _f(0.5, gt=0, lt=1)
+    measured: MixtureMeasuredSection = field(default_factory=MixtureMeasuredSection)
+
+
+@dataclass(frozen=True)
 class AblationSection(_Section):
     """``tune.ablation``: fixed settings (``base``) and the grid per parameter (``values``)."""
 
@@ -567,4 +608,5 @@ class Params(_Section):
     register: RegisterSection = field(default_factory=RegisterSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     match: MatchSection = field(default_factory=MatchSection)
+    mixture: MixtureSection = field(default_factory=MixtureSection)
     tune: TuneSection = field(default_factory=TuneSection)

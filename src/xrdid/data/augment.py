@@ -49,7 +49,10 @@ Output folder (``data/augmented``): ``train/X.npy``, ``val/X.npy`` float16 (N, n
 max-normalised to 1; ``train/y.npy``, ``val/y.npy`` int32 (N,), index of the library entry in
 PatternSet order (``meta.json`` ``ids``); ``meta.json``: ids, grid, ratio, seed, params, counts.
 Each entry gets ``ratio`` spectra, ``round(ratio · val_fraction)`` of them in validation; rows are
-in a seeded random order.
+in a seeded random order. With ``mixtures.count`` > 0, ``mixtures/X.npy`` also holds that many
+spectra of 2–4 entries (``mixtures.phases``) at random weight fractions, each phase varied on its
+own, scaled by its scattering power per unit mass, on one noise-bank row
+(:meth:`Augmenter.sample_mixtures`), with ``mixtures/entries.npy`` and ``mixtures/fractions.npy``.
 
 Examples
 --------
@@ -82,12 +85,14 @@ from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import split_sizes
 from xrdid.errors import InputError
 from xrdid.outputs import atomic_dir
-from xrdid.xrd.diffraction import KALPHA2_RATIO
+from xrdid.xrd.diffraction import KALPHA2_RATIO, intensity_per_mass
 from xrdid.xrd.profiles import caglioti_fwhm
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
 
     from xrdid.data.library import Library
+    from xrdid.xrd.crystal import Crystal
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
     "width_bands": 1,
     "chunk_size": 256,
     "workers": 2,
+    "mixtures": {"count": 0, "phases": [2, 4], "min_fraction": 0.05},
 }
 SHUFFLE_MODES = ("permute", "segments", "keep")
 _RANGES = ("noise_scale", "zero_shift", "texture_r", "crystallite_size")
@@ -175,7 +181,25 @@ def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
         if p[key] < 0 or (key == "segment_width" and p[key] == 0):
             raise ValueError(f"{key} must be positive, got {p[key]}")
     p["seed"] = int(p["seed"])
+    p["mixtures"] = _mixture_settings(p["mixtures"])
     return p
+
+
+def _mixture_settings(value: Any) -> dict[str, Any]:
+    """The ``mixtures`` block: ``count`` spectra of ``phases`` [lo, hi] entries, each ≥ ``min_fraction`` by weight."""
+    m = {**DEFAULTS["mixtures"], **(value or {})}
+    unknown = sorted(set(m) - set(DEFAULTS["mixtures"]))
+    if unknown:
+        raise ValueError(f"unknown augment.mixtures settings: {', '.join(unknown)}")
+    lo, hi = (int(v) for v in m["phases"]) if isinstance(m["phases"], list | tuple) and len(m["phases"]) == 2 else (0, 0)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"mixtures.phases must be a range [lo, hi] with 1 <= lo <= hi, got {m['phases']!r}")
+    count, floor = int(m["count"]), float(m["min_fraction"])
+    if count < 0:
+        raise ValueError(f"mixtures.count must be >= 0, got {count}")
+    if not 0 <= floor * hi < 1:
+        raise ValueError(f"mixtures.min_fraction × the most phases must lie in [0, 1), got {floor} × {hi}")
+    return {"count": count, "phases": [lo, hi], "min_fraction": floor}
 
 
 class Augmenter:
@@ -251,6 +275,12 @@ class Augmenter:
         self._unspread = (1 / np.sinc(self._freq.astype(np.float64)) ** 3).astype(np.float32)  # see _render
         self._shape_cache: tuple[float, np.ndarray] = (math.nan, self._freq)
         self._segment = min(n, max(1, _points(p["segment_width"], self.grid)))
+        # mixtures: each entry's Σ intensity (strongest = 100) on the grid, and its scattering power per unit mass
+        inside = ((patterns.two_theta >= self.grid.start) & (patterns.two_theta <= self.grid.stop)).astype(np.float64)
+        cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(patterns.intensity, np.float64) * inside)])
+        self._intensity_sum = np.diff(cumulative[np.asarray(patterns.offsets)])
+        self.crystal: Callable[[int], Crystal] | None = None  # entry → structure (from_params sets it)
+        self._per_mass: dict[int, float] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -294,12 +324,16 @@ class Augmenter:
                                                  f"(first: {missing[0]})")
             lattices = np.asarray(library.lattice)[[index[entry] for entry in patterns.ids]]
             unreliable = _unreliable_entries(library, patterns.ids)
+            rows = [index[entry] for entry in patterns.ids]
             if unreliable is not None and unreliable.any() and p["unreliable_intensity_sigma"] != p["intensity_sigma"]:
                 log.info("augment: %d entries with overlapping atoms draw intensities with σ = %g",
                          int(unreliable.sum()), p["unreliable_intensity_sigma"])
         elif p["texture_probability"] > 0 or np.ptp(p["strain"]) > 0:
             log.info("augment: no library: strain is isotropic and texture is off")
-        return cls(patterns, noise_bank, lattices, p, unreliable)
+        aug = cls(patterns, noise_bank, lattices, p, unreliable)
+        if library is not None:
+            aug.crystal = lambda i: library.crystal(rows[i])
+        return aug
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -345,15 +379,74 @@ class Augmenter:
         if len(labels) == 0:
             return np.zeros((0, self.grid.n_points), dtype=np.float32)
         position, height = self._vary(labels, rng)
-        main = _main_peaks(self._render(position, height, rng, workers), self.settings["main_points"])
+        return self._merge(self._render(position, height, rng, workers), rng)
+
+    def _merge(self, profiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Main peaks of ``profiles`` plus noise-bank rows, max-normalised (step 7 of the module notes)."""
+        main = _main_peaks(profiles, self.settings["main_points"])
         lo, hi = self.settings["noise_scale"]
         if self._noise is None or hi == 0:
             return _normalise(np.ascontiguousarray(main))
-        noise = self._noise_rows(len(labels), rng)
+        noise = self._noise_rows(len(main), rng)
         # the bank's unit is the strongest peak: scale by the profile's maximum
-        noise *= rng.uniform(lo, hi, (len(labels), 1)).astype(np.float32) * main.max(axis=1, keepdims=True)
+        noise *= rng.uniform(lo, hi, (len(main), 1)).astype(np.float32) * main.max(axis=1, keepdims=True)
         noise += main
         return _normalise(noise)
+
+    def sample_mixtures(self, rng: np.random.Generator, count: int,
+                        workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw spectra of mixtures: ``mixtures.phases`` distinct entries at random weight fractions.
+
+        Each phase is varied and broadened on its own (strain, intensities, texture, Kα2, zero
+        shift, crystallite size, as :meth:`sample`), scaled so that its integrated intensity is its
+        weight fraction times its scattering power per unit mass
+        (:func:`~xrdid.xrd.diffraction.intensity_per_mass`: weight fractions as in quantitative
+        phase analysis; intensity fractions without a library), and the sum gets one noise-bank row.
+        Fractions are uniform on the simplex above ``mixtures.min_fraction``.
+
+        Returns
+        -------
+        X : float32 (count, n_points), max-normalised rows.
+        entries : int32 (count, most phases), the entries of each row, -1 past its phases.
+        fractions : float32 (count, most phases), their weight fractions (0 past its phases).
+
+        Examples
+        --------
+        >>> X, entries, fractions = aug.sample_mixtures(np.random.default_rng(0), 8)  # doctest: +SKIP
+        >>> fractions.sum(axis=1)  # doctest: +SKIP
+        array([1., 1., 1., 1., 1., 1., 1., 1.], dtype=float32)
+        """
+        m = self.settings["mixtures"]
+        lo, hi = m["phases"]
+        if hi > len(self):
+            raise ValueError(f"mixtures of up to {hi} phases need as many library entries, not {len(self)}")
+        k = rng.integers(lo, hi + 1, count)
+        present = np.arange(hi) < k[:, None]
+        entries = np.full((count, hi), -1, np.int32)
+        fractions = np.zeros((count, hi), np.float32)
+        for i in range(count):  # distinct entries per row; a row at a time keeps a 25,000-entry library cheap
+            entries[i, :k[i]] = rng.choice(len(self), k[i], replace=False)
+            fractions[i, :k[i]] = m["min_fraction"] + (1 - k[i] * m["min_fraction"]) * rng.dirichlet(np.ones(k[i]))
+        flat = entries[present]
+        profiles = np.zeros((len(flat), self.grid.n_points), np.float32)
+        workers = self.settings["workers"] if workers is None else workers
+        size = self.settings["chunk_size"]
+        scale = (fractions[present] * self._power(flat) / np.maximum(self._intensity_sum[flat], 1e-12)).astype(np.float32)
+        for start in range(0, len(flat), size):
+            part = slice(start, start + size)
+            position, height = self._vary(flat[part].astype(np.int64), rng)
+            profiles[part] = self._render(position, height * scale[part, None], rng, workers)
+        starts = np.concatenate([[0], np.cumsum(k)[:-1]])
+        return self._merge(np.add.reduceat(profiles, starts, axis=0), rng), entries, fractions
+
+    def _power(self, entries: np.ndarray) -> np.ndarray:
+        """Scattering power per unit mass of ``entries`` (cached; 1 without structures)."""
+        if self.crystal is None:
+            return np.ones(len(entries))
+        span = (self.grid.start, self.grid.stop)
+        for e in set(entries.tolist()) - set(self._per_mass):
+            self._per_mass[e] = intensity_per_mass(self.crystal(e), self._lambda, span)
+        return np.array([self._per_mass[e] for e in entries.tolist()])
 
     def _vary(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Peak positions (2θ, degrees; NaN = none) and heights after strain, intensity, texture, Kα2, shift."""
@@ -727,13 +820,14 @@ def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library
     p = aug.settings
     out = Path(out)
     per_entry = dict(zip(("train", "val"), split_sizes(p["ratio"], p["val_fraction"])))
-    split_seeds = np.random.SeedSequence(p["seed"]).spawn(3)
+    split_seeds = np.random.SeedSequence(p["seed"]).spawn(4)  # train, val, order, mixtures
     order_rng = np.random.default_rng(split_seeds[2])
     jobs = []
     for split, seq in zip(("train", "val"), split_seeds[:2]):
         labels = order_rng.permutation(np.repeat(np.arange(len(aug), dtype=np.int32), per_entry[split]))
         jobs.append((split, labels, seq))
-    total = sum(len(labels) for _, labels, _ in jobs)
+    mixtures = p["mixtures"]["count"]
+    total = sum(len(labels) for _, labels, _ in jobs) + mixtures
     bar = tqdm(total=total, desc="augment", unit="spectrum", unit_scale=True, disable=not progress)
     import torch  # only for the float16 cast (numpy's is ~20× slower); imported late: the CLI imports this module
 
@@ -744,6 +838,8 @@ def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library
             with ThreadPoolExecutor(p["workers"]) as pool:
                 for split, labels, seq in jobs:
                     _write_split(aug, pool, tmp / split, labels, seq, bar)
+            if mixtures:
+                _write_mixtures(aug, tmp / "mixtures", mixtures, split_seeds[3], bar)
         finally:
             torch.set_num_threads(threads)
             bar.close()
@@ -755,11 +851,13 @@ def write_augmented(patterns: PatternSet, noise_bank: np.ndarray | None, library
             "seed": p["seed"],
             "params": p,
             "counts": {"train": len(jobs[0][1]), "val": len(jobs[1][1]),
-                       "train_per_entry": per_entry["train"], "val_per_entry": per_entry["val"]},
+                       "train_per_entry": per_entry["train"], "val_per_entry": per_entry["val"], "mixtures": mixtures},
             "n_entries": len(aug),
             "noise_rows": 0 if noise_bank is None else int(np.shape(noise_bank)[0]),
             "files": {"X": "float16 (N, n_points), rows max-normalised to 1",
-                      "y": "int32 (N,), index into ids (PatternSet order)"},
+                      "y": "int32 (N,), index into ids (PatternSet order)",
+                      "mixtures/entries": "int32 (M, most phases), index into ids, -1 past a row's phases",
+                      "mixtures/fractions": "float32 (M, most phases), weight fractions (0 past a row's phases)"},
             "sources": sources or {},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -794,6 +892,19 @@ def _write_split(aug: Augmenter, pool: ThreadPoolExecutor, folder: Path, labels:
                 _write_chunk(fh, pending.popleft(), offset, row_bytes, bar)
         while pending:
             _write_chunk(fh, pending.popleft(), offset, row_bytes, bar)
+
+
+def _write_mixtures(aug: Augmenter, folder: Path, count: int, seq: np.random.SeedSequence, bar: tqdm) -> None:
+    """``folder/{X,entries,fractions}.npy``: ``count`` mixture spectra, one chunk's seed child each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = aug.settings["chunk_size"]
+    parts = []
+    for start, child in zip(range(0, count, size), seq.spawn(-(-count // size))):
+        parts.append(aug.sample_mixtures(np.random.default_rng(child), min(size, count - start)))
+        bar.update(len(parts[-1][0]))
+    np.save(folder / "X.npy", _float16(np.concatenate([x for x, _, _ in parts])))
+    np.save(folder / "entries.npy", np.concatenate([e for _, e, _ in parts]))
+    np.save(folder / "fractions.npy", np.concatenate([f for _, _, f in parts]))
 
 
 def _float16(x: np.ndarray) -> np.ndarray:

@@ -249,9 +249,14 @@ def _stem(name: str) -> str:
 
 
 def _select(ids: list[str], select: Any, seed: int) -> list[str]:
-    """Apply ``select``: 'all', an int N (seeded sample, kept in source order) or a list of ids."""
+    """Apply ``select``: 'all', an int N (seeded sample, kept in source order), a list of ids or a file of them."""
     if select in (None, "all"):
         return ids
+    if isinstance(select, str):  # a text file, one id per line (the Dara library's library_ids.txt)
+        try:
+            select = Path(select).read_text().split()
+        except OSError as exc:
+            raise ValueError(f"select: cannot read the id file {select}: {exc.strerror or exc}") from exc
     if isinstance(select, int):
         if select <= 0:
             raise ValueError("select must be positive")

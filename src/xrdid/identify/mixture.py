@@ -58,8 +58,10 @@ Examples
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,7 +71,7 @@ from scipy.optimize import nnls
 from scipy.signal import find_peaks
 
 from xrdid.errors import InputError
-from xrdid.xrd.diffraction import KALPHA2_RATIO, integrated_intensity, wilson_intensity
+from xrdid.xrd.diffraction import KALPHA2_RATIO, intensity_per_mass, wilson_intensity
 from xrdid.xrd.measured import wavelength_angstrom
 from xrdid.xrd.preprocess import rolling_background
 from xrdid.xrd.strain import StrainAxis
@@ -77,11 +79,11 @@ from xrdid.xrd.strain import StrainAxis
 if TYPE_CHECKING:
     import pandas as pd
 
+    from xrdid.identify.identifier import Identifier
+
     from xrdid.config import Grid
     from xrdid.data.patterns import PatternSet
     from xrdid.xrd.crystal import Crystal
-
-_AMU: dict[str, float] = {}  # element symbol → atomic mass, filled on first use (pymatgen import is slow)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class _Peaks:
     metric: np.ndarray  # (3, 3): G* of the simulated cell
 
 
+MIXTURE_FILE = "mixture.json"  # in an identifier folder: settings, confidence calibration, scattering powers
 # formulas refused for missing peaks after which the search stops (each refusal for other reasons stops it)
 _SKIPS = 2
 # the R-factor margin over the best substitute at which a phase's confidence is 0.5
@@ -184,6 +187,10 @@ class MixtureSearch:
     settings : the :class:`MixtureSettings`.
     crystals : the entries' structures, in ``patterns.ids`` order: weight fractions from the
         structures; None: from the formulas (Wilson's estimate).
+    per_mass : entry id → scattering power per unit mass (as the ``mixture`` stage stores it),
+        used when ``crystals`` is None and it covers every entry.
+    calibration : ``(margin, probability)``, increasing: the confidence a phase's margin maps to
+        (isotonic, fitted by the ``mixture`` stage on augmented mixtures); None: ``m / (m + 0.01)``.
 
     Examples
     --------
@@ -203,8 +210,11 @@ class MixtureSearch:
 
     def __init__(self, patterns: PatternSet, library: pd.DataFrame | Sequence[Mapping[str, Any]] | None = None,
                  settings: MixtureSettings | None = None, crystals: Sequence[Crystal] | None = None,
-                 chunk: int = 2048) -> None:
+                 per_mass: Mapping[str, float] | None = None,
+                 calibration: tuple[Sequence[float], Sequence[float]] | None = None, chunk: int = 2048) -> None:
         self.settings = s = settings or MixtureSettings()
+        self.calibration = None if calibration is None else (np.asarray(calibration[0], np.float64),
+                                                             np.asarray(calibration[1], np.float64))
         self.patterns = patterns
         self._peak_cache: dict[int, _Peaks | None] = {}
         self.grid: Grid = patterns.grid
@@ -235,23 +245,59 @@ class MixtureSearch:
         if crystals is not None:
             if len(crystals) != n:
                 raise InputError("library", f"{len(crystals)} structures for {n} simulated patterns")
-            self.mass_intensity = np.array([integrated_intensity(c, self.wavelength, two_theta)
-                                            / (c.volume * _mass(c.composition().get_el_amt_dict())) for c in crystals])
+            self.mass_intensity = np.array([intensity_per_mass(c, self.wavelength, two_theta) for c in crystals])
+            self.weight_basis = "structure"
+        elif per_mass is not None and all(i in per_mass for i in self.ids):
+            self.mass_intensity = np.array([float(per_mass[i]) for i in self.ids])
             self.weight_basis = "structure"
         else:
             per_formula = {f: _wilson_per_mass(f, self.wavelength, two_theta) for f in set(self.formulas)}
             self.mass_intensity = np.array([per_formula[f] for f in self.formulas])
             self.weight_basis = "composition"
 
+    @classmethod
+    def for_identifier(cls, identifier: Identifier, max_phases: int | None = None,
+                       library_dir: str | Path | None = None) -> MixtureSearch:
+        """The search over an identifier's library, with the settings, calibration and scattering powers
+        its folder's ``mixture.json`` carries (the ``mixture`` stage's; defaults without one).
+
+        ``library_dir`` (a ``library`` stage output) gives the structures when the library was swapped.
+        """
+        spec: dict[str, Any] = {}
+        if identifier.folder is not None and (Path(identifier.folder) / MIXTURE_FILE).is_file():
+            spec = json.loads((Path(identifier.folder) / MIXTURE_FILE).read_text())
+        settings = MixtureSettings.from_dict({**spec.get("settings", {}),
+                                              **({"max_phases": max_phases} if max_phases is not None else {})})
+        try:
+            patterns = identifier.patterns()
+        except InputError:
+            patterns = None
+        if patterns is None:
+            raise InputError(identifier.folder or "model", "mixtures need the library's simulated patterns and this "
+                                                           "model carries none: give them with --library DIR")
+        crystals = None
+        if library_dir is not None and (Path(library_dir) / "structures.npz").is_file():
+            from xrdid.data.library import Library
+
+            library = Library.load(library_dir)
+            where = {entry: i for i, entry in enumerate(library.ids)}
+            if all(str(entry) in where for entry in patterns.ids):
+                crystals = [library.crystal(where[str(entry)]) for entry in patterns.ids]
+        calibration = spec.get("calibration")
+        return cls(patterns, identifier.library, settings, crystals, spec.get("intensity_per_mass"),
+                   (calibration["margin"], calibration["probability"]) if calibration else None)
+
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, X: np.ndarray, covered: np.ndarray | None = None) -> list[dict[str, Any]]:
+    def fit(self, X: np.ndarray, covered: np.ndarray | None = None, profiles: bool = False) -> list[dict[str, Any]]:
         """The phases of each measured row (on the library's grid), by weight fraction.
 
         Returns, per row: ``phases`` (dicts ``id``, ``formula``, ``weight_fraction``,
         ``confidence``, ``strain``, ``scale``, ``share``), ``residual_share`` (the share of the
         background-subtracted signal's intensity the fit leaves above it), ``r_factor`` (weighted),
         ``weight_basis`` and ``why`` (one line per phase added or refused, and why the search stopped).
+        With ``profiles``, also ``signal`` (the background-subtracted row) and ``profiles`` (each
+        phase's fitted profile on the grid, in ``phases`` order): what the stacked plot draws.
         """
         X = np.asarray(X, np.float32)
         if X.ndim == 1:
@@ -261,7 +307,12 @@ class MixtureSearch:
                                         f"got shape {np.shape(X)}")
         covered = np.ones(X.shape, bool) if covered is None else np.asarray(covered, bool).reshape(X.shape)
         signal = np.clip(X - rolling_background(X, self.grid.step), 0, None) * covered
-        return [self._fit_row(y, c) for y, c in zip(signal, covered)]
+        answers = [self._fit_row(y, c) for y, c in zip(signal, covered)]
+        for answer, y in zip(answers, signal):
+            drawn = answer.pop("_profiles")
+            if profiles:
+                answer.update(signal=y, profiles=drawn)
+        return answers
 
     def _fit_row(self, y: np.ndarray, covered: np.ndarray) -> dict[str, Any]:
         s = self.settings
@@ -269,7 +320,7 @@ class MixtureSearch:
         total = float(y.sum())
         if not total > 0:
             return {"phases": [], "residual_share": 0.0, "r_factor": 0.0, "weight_basis": self.weight_basis,
-                    "why": ["no signal above the background"]}
+                    "why": ["no signal above the background"], "_profiles": np.zeros((0, len(y)))}
         floor = s.weight_floor * y.max()
         weight = covered / (ndimage.gaussian_filter1d(y, 2.0) + floor)
         norm = float(np.sqrt(weight @ (y * y)))
@@ -321,8 +372,8 @@ class MixtureSearch:
             why += [f"dropped {self.formulas[p.entry]} ({self.ids[p.entry]}): no weight left in the joint fit"
                     for p in trial if p.scale <= 0]
             phases, model, r_factor = [p for p in trial if p.scale > 0], trial_model, new_r
-        confidence = search.confidence(phases, _CONFIDENCE_STEP)
-        return self._answer(y, phases, model, confidence, r_factor, why)
+        margin = search.margins(phases)
+        return self._answer(y, phases, model, margin, r_factor, why)
 
     def _start(self, entry: int, shift: int) -> _Phase:
         """The entry at the isotropic strain of an axis shift: every G* component scaled by (1 + ε)⁻²."""
@@ -474,7 +525,14 @@ class MixtureSearch:
         source = 2 * np.degrees(np.arcsin(np.clip(np.sin(np.radians(x / 2)) * (1 + strain), 0, 1)))
         return np.interp(source, x, profile, right=0.0)
 
-    def _answer(self, y: np.ndarray, phases: list[_Phase], model: np.ndarray | float, confidence: np.ndarray,
+    def confidence(self, margin: np.ndarray) -> np.ndarray:
+        """A phase's confidence from its margin: the calibration's, else ``m / (m + 0.01)``."""
+        margin = np.asarray(margin, np.float64)
+        if self.calibration is not None:
+            return np.interp(margin, *self.calibration)
+        return margin / (margin + _CONFIDENCE_STEP)
+
+    def _answer(self, y: np.ndarray, phases: list[_Phase], model: np.ndarray | float, margin: np.ndarray,
                 r_factor: float, why: list[str]) -> dict[str, Any]:
         """The JSON-ready answer: phases by weight fraction, and the unexplained share of the signal."""
         total = float(y.sum())
@@ -483,16 +541,18 @@ class MixtureSearch:
         weights = intensity / self.mass_intensity[entries] if len(phases) else np.zeros(0)
         weights = weights / weights.sum() if weights.sum() > 0 else weights
         answer = []
-        for p, w, c, a in zip(phases, weights, confidence, intensity):
+        for p, w, c, m, a in zip(phases, weights, self.confidence(margin), margin, intensity):
             strain = float(np.prod(p.metric[:3])) ** (-1 / 6) - 1  # from the cell volume's change (diagonal of G*)
             answer.append({"id": self.ids[p.entry], "formula": str(self.formulas[p.entry]),
                            "weight_fraction": round(float(w), 4), "confidence": round(float(c), 3),
+                           "margin": round(float(m), 5),
                            "strain": round(strain, 4), "scale": round(p.scale, 5),
                            "share": round(float(a / total), 4)})
-        answer.sort(key=lambda p: -p["weight_fraction"])
+        order = np.argsort([-p["weight_fraction"] for p in answer], kind="stable")
+        drawn = np.array([phases[i].scale * phases[i].profile for i in order]).reshape(len(phases), len(y))
         unexplained = float(np.clip(y - model, 0, None).sum() / total)
-        return {"phases": answer, "residual_share": round(unexplained, 4), "r_factor": round(r_factor, 4),
-                "weight_basis": self.weight_basis, "why": why}
+        return {"phases": [answer[i] for i in order], "residual_share": round(unexplained, 4),
+                "r_factor": round(r_factor, 4), "weight_basis": self.weight_basis, "why": why, "_profiles": drawn}
 
     def _smooth(self, rows: np.ndarray) -> np.ndarray:
         if self.settings.smooth <= 0:
@@ -532,8 +592,8 @@ class _Search:
         k = int(gain.argmax())
         return (int(rows[k]), int(shift[k])) if gain[k] > 0 else None
 
-    def confidence(self, phases: list[_Phase], step: float) -> np.ndarray:
-        """Per phase: its margin over the best substitute of another formula, as ``m / (m + step)``."""
+    def margins(self, phases: list[_Phase]) -> np.ndarray:
+        """Per phase: the weighted R-factor margin by which it beats its best substitute of another formula."""
         out = np.zeros(len(phases))
         if not phases:
             return out
@@ -548,20 +608,11 @@ class _Search:
             other = self.gains(residual, np.flatnonzero(free))[0].max() if free.any() else 0.0
             norm = np.sqrt(float(self.weight @ (self.ya * self.ya)))
             margin = max(np.sqrt(max(base - other, 0)) - np.sqrt(max(base - own, 0)), 0.0) / norm
-            out[i] = margin / (margin + step) if margin + step > 0 else 0.0
+            out[i] = margin
         return out
 
 
 # ---------------------------------------------------------------------- scattering power per unit mass
-
-
-def _mass(amounts: Mapping[str, float]) -> float:
-    """Mass (amu) of the atoms ``amounts`` (element symbol → count)."""
-    if not _AMU:
-        from pymatgen.core.periodic_table import Element
-
-        _AMU.update({e.symbol: float(e.atomic_mass) for e in Element})
-    return float(sum(_AMU[el] * n for el, n in amounts.items()))
 
 
 def _wilson_per_mass(formula: str, wavelength: float, two_theta: tuple[float, float]) -> float:
@@ -569,9 +620,10 @@ def _wilson_per_mass(formula: str, wavelength: float, two_theta: tuple[float, fl
     from pymatgen.core import Composition, Element
 
     try:
-        amounts = Composition(formula).get_el_amt_dict()
+        composition = Composition(formula)
+        amounts = composition.get_el_amt_dict()
         numbers = np.array([Element(el).Z for el in amounts])
-        return wilson_intensity(numbers, np.array(list(amounts.values())), wavelength, two_theta) / _mass(amounts)
+        return wilson_intensity(numbers, np.array(list(amounts.values())), wavelength, two_theta) / composition.weight
     except (ValueError, KeyError, TypeError):
         return 1.0
 

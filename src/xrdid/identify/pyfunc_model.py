@@ -5,7 +5,10 @@ pickled: the network is rebuilt from the safetensors config in the ``identifier`
 Input: patterns on the model's grid, ``(n, n_points)`` float32. Output: one
 ``{"candidates": [{"id", "formula", "probability"}, ...], "in_library", "warnings", "evidence"}``
 per row, candidates best first (``evidence``: :func:`xrdid.identify.evidence.peak_evidence`);
-the parameter ``top`` (default 5) sets how many.
+the parameter ``top`` (default 5) sets how many. With the parameter ``mixture`` (true) each
+answer also carries ``phases`` (``id``, ``formula``, ``weight_fraction``, ``confidence``, ...,
+best first) and ``residual_share``, found by :class:`xrdid.identify.mixture.MixtureSearch` over
+the library the model carries (``max_phases``, default 4, bounds them).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mlflow.pyfunc import PythonModel
 
 from xrdid.errors import InputError
 from xrdid.identify.identifier import check_top
+from xrdid.identify.mixture import MixtureSearch, MixtureSettings
 from xrdid.identify.open import load_folder
 
 
@@ -29,6 +33,7 @@ class IdentifierModel(PythonModel):
     def load_context(self, context: Any) -> None:
 
         self.identifier = load_folder(context.artifacts["identifier"])
+        self._mixtures: dict[int, MixtureSearch] = {}  # per max_phases: built at the first request that asks
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
         """Ranked candidates of each row; a bad row or ``top`` is the client's fault.
@@ -39,11 +44,19 @@ class IdentifierModel(PythonModel):
         with a 400 and the reason (any other exception gets a generic "unexpected error").
         """
         try:
-            top = check_top((params or {}).get("top", 5))
+            params = params or {}
+            top = check_top(params.get("top", 5))
             X = np.atleast_2d(np.asarray(getattr(model_input, "values", model_input), dtype=np.float32))
             if X.size == 0:
                 raise ValueError("no patterns given")
-            return self.identifier.identify(X, None, top)
+            answers = self.identifier.identify(X, None, top)
+            if params.get("mixture"):
+                limit = MixtureSettings(max_phases=params.get("max_phases", 4)).max_phases  # its rule and message
+                if limit not in self._mixtures:
+                    self._mixtures[limit] = MixtureSearch.for_identifier(self.identifier, limit)
+                for answer, found in zip(answers, self._mixtures[limit].fit(X)):
+                    answer.update(phases=found["phases"], residual_share=found["residual_share"])
+            return answers
         except (InputError, ValueError, TypeError) as exc:  # wrong length, NaN, strings, top=0
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 

@@ -80,7 +80,8 @@ def log_identifier_folder(folder: str | Path, grid: Grid, input_example: np.ndar
 
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, grid.n_points))]),
-        params=ParamSchema([ParamSpec("top", "long", 5)]),
+        params=ParamSchema([ParamSpec("top", "long", 5), ParamSpec("mixture", "boolean", False),
+                            ParamSpec("max_phases", "long", 4)]),
     )
     example = np.zeros((1, grid.n_points), np.float32) if input_example is None else input_example
     with tempfile.TemporaryDirectory(prefix="xrdid-log-") as tmp:

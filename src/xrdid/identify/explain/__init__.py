@@ -9,7 +9,8 @@ The pieces build on one another:
   of a pattern);
 * :mod:`~xrdid.identify.explain.plots`: :func:`plot_explanation`, a measured pattern coloured
   by its Grad-CAM over the simulated profiles of its best candidates (built by
-  :func:`make_candidate`), with their reflections and hkl labels (:func:`format_hkl`);
+  :func:`make_candidate`), with their reflections and hkl labels (:func:`format_hkl`), and
+  :func:`plot_mixture`, a mixture's phases' fitted profiles stacked under it with the residual;
 * :mod:`~xrdid.identify.explain.report`: :func:`html_report`, one HTML page for a batch of
   predictions (a summary table, a section per file) with those plots beside it as PNG files
   (:func:`render_report` renders the page for ``xrdid ui``);
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from xrdid.identify.explain.cam import cam_layer, features, grad_cam
 from xrdid.identify.explain.nca import nca_map, nca_plot
-from xrdid.identify.explain.plots import format_hkl, make_candidate, plot_explanation
+from xrdid.identify.explain.plots import format_hkl, make_candidate, plot_explanation, plot_mixture
 from xrdid.identify.explain.report import html_report, render_report
 
 __all__ = [
@@ -40,5 +41,6 @@ __all__ = [
     "nca_map",
     "nca_plot",
     "plot_explanation",
+    "plot_mixture",
     "render_report",
 ]

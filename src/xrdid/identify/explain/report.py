@@ -97,6 +97,17 @@ img{max-width:100%;height:auto;display:block}
 {% endif %}
 {% if e.image %}<img src="{{ e.image }}"{% if e.size %} width="{{ e.size[0] }}" height="{{ e.size[1] }}"{% endif %} loading="lazy" alt="explanation plot">
 {% endif %}
+{% if e.phases is not none %}
+<h3>Phases</h3>
+{% if e.phases %}<table class="c"><tr><th>phase<th>library entry<th>weight fraction<th>confidence
+{% for p in e.phases %}<tr><td>{{ p.formula }}<td>{{ p.id }}<td>{{ "%.0f"|format(100 * p.weight_fraction) }} %<td>{{ "%.2f"|format(p.confidence) }}
+{% endfor %}</table>
+{% else %}<p>No phase found.</p>
+{% endif %}
+<p>{{ "%.0f"|format(100 * e.residual_share) }} % of the signal unexplained by these phases.</p>
+{% if e.phases_image %}<img src="{{ e.phases_image }}"{% if e.phases_size %} width="{{ e.phases_size[0] }}" height="{{ e.phases_size[1] }}"{% endif %} loading="lazy" alt="the phases' fitted profiles stacked under the measured pattern, and the residual">
+{% endif %}
+{% endif %}
 </section>
 {% endfor %}
 </body></html>
@@ -218,25 +229,30 @@ def render_report(
             raise ValueError("every report entry needs a 'file'")
         files.append(str(e["file"]))
     short, folder = _short_names(files)
-    rows = []
-    for i, (e, name) in enumerate(zip(entries, short)):
-        image = e.get("image")
+    def picture(i: int, image: Any) -> tuple[str | None, tuple[int, int] | None]:
+        """An entry's image as (src, pixel size)."""
         src = image_src(i, image) if image is not None and image_src is not None else None
         if isinstance(image, bytes):
-            size = _png_size(image[:24])
-        elif isinstance(image, (str, Path)) and src is not None:
+            return src, _png_size(image[:24])
+        if isinstance(image, (str, Path)) and src is not None:
             try:
                 with open(image, "rb") as handle:
-                    size = _png_size(handle.read(24))
+                    return src, _png_size(handle.read(24))
             except OSError:
-                size = None
-        else:
-            size = None
+                pass
+        return src, None
+
+    rows = []
+    for i, (e, name) in enumerate(zip(entries, short)):
+        src, size = picture(i, e.get("image"))
+        phases_src, phases_size = picture(i, e.get("phases_image"))
         rows.append({
             "file": files[i], "name": name, "anchor": f"entry-{i + 1}", "status": status_of(e),
             "candidates": [_shown(c, names) for c in e.get("candidates") or []],
             "warnings": [str(w) for w in e.get("warnings") or []], "error": e.get("error"),
             "evidence": _evidence(e.get("evidence"), names), "image": src, "size": size,
+            "phases": e.get("phases"), "residual_share": e.get("residual_share", 0.0),
+            "phases_image": phases_src, "phases_size": phases_size,
         })  # fmt: skip
     counts = [(s, n) for s in STATUSES if (n := sum(r["status"] == s for r in rows))]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True,
@@ -271,7 +287,9 @@ def html_report(
         the library, low coverage, ...; optional), ``in_library`` (the not-in-library verdict;
         optional), ``evidence`` (the peak check of :func:`~xrdid.identify.evidence.peak_evidence`;
         optional) and ``error`` (why the file could not be read; optional, then no candidates
-        are needed).
+        are needed); with ``xrdid predict --mixture``, ``phases`` (dicts ``id``, ``formula``,
+        ``weight_fraction``, ``confidence``), ``residual_share`` and ``phases_image`` (a PNG
+        path, from :func:`plot_mixture`): a phases table and the stacked plot.
     path : HTML file to write.
     title : page title.
     meta : shown under the title, one line per key (e.g. model name and version, wavelength and
