@@ -107,6 +107,10 @@ def test_served_champion_answers_rest(store: dict, served_champion: str, shared_
     status, body = _post(served_champion, {"inputs": [row.tolist()], "params": {"top": 2}})
     assert status == 200
     assert body["predictions"][0]["candidates"] == identifier.rank(row[None], 2)[0]
+    pure = np.asarray(identifier.patterns().profiles[0], np.float32)  # an entry of the tiny library
+    status, body = _post(served_champion, {"inputs": [pure.tolist()], "params": {"mixture": True, "max_phases": 2}})
+    assert status == 200 and 1 <= len(body["predictions"][0]["phases"]) <= 2  # the REST answer carries phases
+    assert {"id", "formula", "weight_fraction", "confidence"} <= set(body["predictions"][0]["phases"][0])
     for bad in ({"inputs": [[1.0, 2.0]]}, {"nothing": 1}, {"inputs": [[float("nan")] * len(row)]},
                 {"inputs": [row.tolist()], "params": {"top": 0}}):
         status, body = _post(served_champion, bad)
