@@ -517,13 +517,11 @@ class MatchSection(_Section):
 
 
 @dataclass(frozen=True)
-class MixtureMeasuredSection(_Section):
-    """``mixture.measured``: measured mixtures (``labels.csv``: pattern, phases[, phases_not_in_library, scan])."""
+class MixtureMeasuredSection(EvaluateMeasuredSection):
+    """``mixture.measured``: measured mixtures (``labels.csv``: pattern, phases[, phases_not_in_library, scan],
+    or pattern, cif for single-phase patterns)."""
 
     _key = "mixture.measured"
-    labels: str | None = None
-    folder: str | None = None
-    default_wavelength: Wavelength = _f("CuKa", gt=0)
 
 
 @dataclass(frozen=True)
