@@ -238,9 +238,9 @@ def test_mixtures_on_disk(inputs, tmp_path: Path) -> None:
     assert X.dtype == np.float16 and X.shape == (5, GRID.n_points) and entries.shape == (5, 2)
     assert ((entries >= 0) == (fractions > 0)).all() and (entries[:, 0] >= 0).all()
     assert_allclose(fractions.sum(axis=1), 1.0, rtol=1e-6)
-    with pytest.raises(ValueError, match="mixtures of up to 3 phases need"):
-        Augmenter.from_params(inputs[0], None, inputs[1], {"mixtures": {"phases": [2, 3]}}).sample_mixtures(
-            np.random.default_rng(0), 1)
+    _, entries, _ = Augmenter.from_params(inputs[0], None, inputs[1], {"mixtures": {"phases": [3, 4]}}).sample_mixtures(
+        np.random.default_rng(0), 2)  # two entries in the library: mixtures of both
+    assert entries.shape == (2, 2) and (np.sort(entries, axis=1) == [0, 1]).all()
     with pytest.raises(ValueError, match="min_fraction"):
         Augmenter.from_params(inputs[0], None, inputs[1], {"mixtures": {"min_fraction": 0.3}})
 

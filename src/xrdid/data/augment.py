@@ -379,11 +379,10 @@ class Augmenter:
         if len(labels) == 0:
             return np.zeros((0, self.grid.n_points), dtype=np.float32)
         position, height = self._vary(labels, rng)
-        return self._merge(self._render(position, height, rng, workers), rng)
+        return self._merge(_main_peaks(self._render(position, height, rng, workers), self.settings["main_points"]), rng)
 
-    def _merge(self, profiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Main peaks of ``profiles`` plus noise-bank rows, max-normalised (step 7 of the module notes)."""
-        main = _main_peaks(profiles, self.settings["main_points"])
+    def _merge(self, main: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Main peaks plus noise-bank rows, max-normalised (step 7 of the module notes)."""
         lo, hi = self.settings["noise_scale"]
         if self._noise is None or hi == 0:
             return _normalise(np.ascontiguousarray(main))
@@ -397,12 +396,13 @@ class Augmenter:
                         workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw spectra of mixtures: ``mixtures.phases`` distinct entries at random weight fractions.
 
-        Each phase is varied and broadened on its own (strain, intensities, texture, Kα2, zero
-        shift, crystallite size, as :meth:`sample`), scaled so that its integrated intensity is its
+        Each phase is varied, broadened and cut to its main peaks on its own (strain, intensities,
+        texture, Kα2, zero shift, crystallite size, ``main_points``, as :meth:`sample`), scaled so that its integrated intensity is its
         weight fraction times its scattering power per unit mass
         (:func:`~xrdid.xrd.diffraction.intensity_per_mass`: weight fractions as in quantitative
         phase analysis; intensity fractions without a library), and the sum gets one noise-bank row.
-        Fractions are uniform on the simplex above ``mixtures.min_fraction``.
+        Fractions are uniform on the simplex above ``mixtures.min_fraction``. A library of fewer
+        entries than ``mixtures.phases`` asks gives mixtures of all of them.
 
         Returns
         -------
@@ -417,9 +417,7 @@ class Augmenter:
         array([1., 1., 1., 1., 1., 1., 1., 1.], dtype=float32)
         """
         m = self.settings["mixtures"]
-        lo, hi = m["phases"]
-        if hi > len(self):
-            raise ValueError(f"mixtures of up to {hi} phases need as many library entries, not {len(self)}")
+        lo, hi = (min(v, len(self)) for v in m["phases"])  # a library smaller than the range: all of it at most
         k = rng.integers(lo, hi + 1, count)
         present = np.arange(hi) < k[:, None]
         entries = np.full((count, hi), -1, np.int32)
@@ -435,7 +433,8 @@ class Augmenter:
         for start in range(0, len(flat), size):
             part = slice(start, start + size)
             position, height = self._vary(flat[part].astype(np.int64), rng)
-            profiles[part] = self._render(position, height * scale[part, None], rng, workers)
+            drawn = self._render(position, height * scale[part, None], rng, workers)
+            profiles[part] = _main_peaks(drawn, self.settings["main_points"])  # per phase: a minor one keeps its peaks
         starts = np.concatenate([[0], np.cumsum(k)[:-1]])
         return self._merge(np.add.reduceat(profiles, starts, axis=0), rng), entries, fractions
 
