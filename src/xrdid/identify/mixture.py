@@ -63,7 +63,8 @@ phases found: amorphous matter and phases absent from the library are outside th
 best entry of any formula not in the fit, minus the R-factor with the phase (both isotropic,
 against the same residual of the other phases): the margin ``m`` by which it beats its best
 substitute, reported as ``m / (m + 0.01)``. A margin, not a calibrated probability; on the Dara
-scans 96 % of the phases above 0.75 are right, about half of those below 0.5.
+scans 98 % of the phases above 0.75 are right, 68 % of those below 0.5 (after the review drops those below
+``min_confidence``).
 
 Examples
 --------
@@ -472,7 +473,7 @@ class MixtureSearch:
         # each component may move by ``freedom`` of its diagonal scale √(G*ii G*jj): an off-diagonal component that
         # is a small difference (a centred cell's primitive setting) must move by far more than its own size
         g, diagonal = peaks.metric, np.diag(peaks.metric)
-        scale = np.r_[diagonal, np.sqrt(diagonal[[0, 0, 1]] * diagonal[[1, 2, 2]])]
+        scale = np.r_[np.abs(diagonal), np.sqrt(np.abs(diagonal[[0, 0, 1]] * diagonal[[1, 2, 2]]))]
         own = np.abs(np.r_[diagonal, g[0, 1], g[0, 2], g[1, 2]])
         reach = freedom * np.minimum(scale / np.maximum(own, 1e-12), 50.0)  # factors' half-range
         lo = np.r_[phase.metric - np.abs(phase.metric) * reach, 0.01, 0.0]
@@ -577,16 +578,19 @@ class MixtureSearch:
         sin = lam * np.sqrt(np.clip(q[row], 1e-12, None)) / 2
         ok = sin < 0.999
         lam, height, row, sin, d_height = lam[ok], height[ok], row[ok], sin[ok], d_height[ok]
+        if not ok.any():  # every reflection beyond 2θ = 180°
+            return np.zeros(grid.n_points), (np.zeros((grid.n_points, len(range(9)[columns]))) if jacobian else None)
         theta = np.arcsin(sin)
         position = np.degrees(2 * theta)
         tan2 = np.tan(theta) ** 2
         fwhm = np.sqrt(width[0] ** 2 + width[1] ** 2 * tan2 + 1e-8)
         half = int(np.ceil(_WINDOW * fwhm.max() / grid.step))
         idx = np.rint((position - grid.start) / grid.step).astype(np.int64)[:, None] + np.arange(-half, half + 1)
-        u = (grid.start + idx * grid.step - position[:, None]) / fwhm[:, None]
+        # float32 over the windows: half the time of the exponentials, far below the fit's precision needs
+        u = ((grid.start + idx * grid.step - position[:, None]) / fwhm[:, None]).astype(np.float32)
         inside = (idx >= 0) & (idx < grid.n_points) & (np.abs(u) <= _WINDOW)
         shape, slope = _shape(u, self.shape, self.eta)
-        amp = (height / fwhm)[:, None]
+        amp = (height / fwhm)[:, None].astype(np.float32)
         flat = idx[inside]
         f = np.bincount(flat, (amp * shape)[inside], grid.n_points)
         if not jacobian:
@@ -752,7 +756,7 @@ def _formulas(library: pd.DataFrame | Sequence[Mapping[str, Any]] | None, ids: l
 def _shape(u: np.ndarray, shape: str, eta: float) -> tuple[np.ndarray, np.ndarray]:
     """Unit-area, unit-FWHM peak at ``u`` (in FWHM) and its derivative (as :func:`xrdid.xrd.profiles.render`)."""
     c = 4 * np.log(2)
-    gauss = np.sqrt(c / np.pi) * np.exp(-c * u * u)
+    gauss = float(np.sqrt(c / np.pi)) * np.exp(-c * u * u)
     if shape == "gaussian":
         return gauss, -2 * c * u * gauss
     denominator = 1 + 4 * u * u
