@@ -9,11 +9,17 @@ and mixtures"):
    smoothed alike (``smooth`` points). For every entry and every shift within ``max_strain`` the
    drop of the weighted squared residual ``r`` from adding entry ``p`` at its best non-negative
    scale is ``max(r·Wp, 0)² / p·Wp``: one (shifts × points) @ (points × entries) product. Entries
-   of one reduced formula compete as polymorphs; a formula is tried once per pattern.
+   of one reduced formula compete as polymorphs. That ranking (isotropic, smoothed) favours entries
+   that fit the misfit of the phases already in, so the best ``candidates`` (two per formula at
+   most) are screened by a short refinement of their cell against the residual and ranked by the
+   joint fit's R, those the acceptance rule passes first; the best ``refine_best`` are refined in
+   full and tested in turn.
 2. **Fit.** The picked entry is refined on the 2θ grid from its reflections, Le Bail-like with
    its simulated intensities fixed: the six components of its reciprocal metric tensor
    (``1/d² = hᵀ G* h``, so that a DFT cell that is off differently along each axis still fits;
-   within ``cell_freedom`` of the isotropic start), its peak width (Caglioti ``W`` and ``U``) and
+   each within ``cell_freedom`` of the isotropic start, relative to √(G*ᵢᵢ G*ⱼⱼ): an off-diagonal
+   component of a centred cell's primitive setting is a small difference that must move far more
+   than its own size), its peak width (Caglioti ``W`` and ``U``) and
    a March–Dollase preferred orientation (``r`` within ``1/texture … texture`` about the normal
    of one of its strongest low-angle reflections or a reciprocal axis): Levenberg–Marquardt with
    an analytic Jacobian, the scale projected out. Then the scales of all phases are fitted jointly
@@ -26,10 +32,20 @@ and mixtures"):
    of counting noise (σ from differences of points 4 apart, robust to peaks and to scans coarser
    than the grid; the factor is large because texture and peak-shape misfits, not noise, leave
    most of a long scan's residual), explain ``min_share`` of the signal's intensity, and have its
-   peaks in the residual (``min_support``): a library phase that fits a few peaks of a phase absent
-   from the library stays out, and those peaks stay in the residual. A phase refused for missing
-   peaks lets the next formula be tried (twice at most); any other refusal, ``max_phases``, or no
-   residual peak above ``min_peak`` of the maximum (XRD-AutoAnalyzer's rule) ends the search.
+   peaks in the residual (``min_support``), and a cell strained by at most ``max_strain`` (DFT cells are
+   1–2 % off; every phase of the Dara scans that needed more was a look-alike of another formula): a
+   library phase that fits a few peaks of a phase absent from the library stays out, and those peaks
+   stay in the residual. When no screened candidate passes, ``max_phases`` is reached, or no residual
+   peak reaches ``min_peak`` of the maximum (XRD-AutoAnalyzer's rule), the search ends.
+4. **Review.** Each phase was judged against those found before it; judged again against all the
+   others (as if added last) a phase the later ones make redundant is removed, the least missed first.
+   Then a phase (not the best-supported one) whose confidence (below) is under ``min_confidence``
+   is removed: another formula fits its peaks as well, so they are the misfit of the others or a phase
+   absent from the library.
+
+**Kα2.** A library drawn at the mean Kα wavelength leaves, on a laboratory scan, a misfit beside
+every peak above ~40° that the search takes for a phase. Per pattern the strongest entry is refined
+with one line and with the Kα1/Kα2 doublet (``kalpha2``), and the better fit decides for all phases.
 
 **Weight fractions.** A phase's integrated intensity per unit mass is its ``Σ |F|²·LP`` over the
 grid's range divided by its cell volume and cell mass (``integrated_intensity`` of
@@ -46,8 +62,11 @@ phases found: amorphous matter and phases absent from the library are outside th
 **Confidence.** Per phase, on the search axis: the weighted R-factor with the phase replaced by the
 best entry of any formula not in the fit, minus the R-factor with the phase (both isotropic,
 against the same residual of the other phases): the margin ``m`` by which it beats its best
-substitute, reported as ``m / (m + 0.01)``. A margin, not a calibrated probability; on the Dara
-scans 96 % of the phases above 0.75 are right, about half of those below 0.5.
+substitute (``margin`` in the answer). The review drops phases with ``m / (m + 0.01)`` below
+``min_confidence``; the reported ``confidence`` is the ``mixture`` stage's isotonic calibration of
+``m`` on augmented mixtures (the probability that the phase's formula is right) when the search has
+one (``calibration``), else ``m / (m + 0.01)``: on the Dara scans 98 % of the phases above 0.75 of
+that are right, 68 % of those below 0.5.
 
 Examples
 --------
@@ -100,13 +119,23 @@ class MixtureSettings:
         strongest) of min(1, residual / drawn) at least this.
     min_peak : the search stops when no residual peak reaches this share of the pattern's maximum.
     axis_step : ln sin θ step of the search (0.001: 0.1 % strain per point).
-    max_strain : largest isotropic lattice strain searched per phase (both signs).
+    max_strain : largest isotropic lattice strain searched per phase (both signs), and of its refined cell.
     smooth : Gaussian σ, in axis points, applied to the residual and the profiles in the search.
     cell_freedom : how far each reciprocal-metric component may move from the isotropic start
         (relative; 0: the isotropic strain of the search and the library profile, no refinement).
     texture : largest March–Dollase r (1 / r the smallest) of a phase's preferred orientation; 1: none.
     weight_floor : weights are ``1 / (y + weight_floor · max y)``.
     refine_steps : most Levenberg–Marquardt steps of one phase's refinement.
+    candidates : entries (best two per formula) taken from the search at each step and screened by a short
+        refinement of their cell against the residual (``screen_steps`` steps, no texture) ...
+    screen_steps : ... ranked by the joint fit's R (those the acceptance rule passes first) ...
+    refine_best : ... and this many of them refined in full and tested in turn; the first accepted is added.
+    kalpha2 : I(Kα2) / I(Kα1) of a scan's doublet when the library was drawn at the mean Kα wavelength:
+        per pattern, the first phase is refined with and without the doublet and the better fit decides
+        for all phases (0: one line).
+    min_confidence : at the end, a phase (not the only one) whose confidence is below this is removed.
+    polish_steps : after each phase added, every phase is refined again (this many steps) against the
+        pattern less the others; 0: never.
     """
 
     max_phases: int = 4
@@ -116,12 +145,18 @@ class MixtureSettings:
     min_support: float = 0.55
     min_peak: float = 0.05
     axis_step: float = 0.001
-    max_strain: float = 0.03
+    max_strain: float = 0.025
     smooth: float = 4.0
     cell_freedom: float = 0.03
     texture: float = 2.5
     weight_floor: float = 0.03
     refine_steps: int = 20
+    candidates: int = 6
+    screen_steps: int = 3
+    refine_best: int = 2
+    polish_steps: int = 0
+    kalpha2: float = 0.5
+    min_confidence: float = 0.05
 
     def __post_init__(self) -> None:
         if isinstance(self.max_phases, bool) or not isinstance(self.max_phases, int | np.integer) or self.max_phases < 1:
@@ -166,8 +201,6 @@ class _Peaks:
 
 
 MIXTURE_FILE = "mixture.json"  # in an identifier folder: settings, confidence calibration, scattering powers
-# formulas refused for missing peaks after which the search stops (each refusal for other reasons stops it)
-_SKIPS = 2
 # the R-factor margin over the best substitute at which a phase's confidence is 0.5
 _CONFIDENCE_STEP = 0.01
 # reflections weaker than this (strongest = 100) are left out of the refinement
@@ -236,8 +269,15 @@ class MixtureSearch:
         self.wavelength = float(meta.get("reflection_wavelength_angstrom")
                                 or wavelength_angstrom(meta.get("wavelength") or "CuKa"))
         name = meta.get("wavelength") if isinstance(meta.get("wavelength"), str) else ""
-        self.doublet = bool(meta.get("doublet")) and name.endswith("Ka")
-        self.wavelength2 = wavelength_angstrom(name + "2") if self.doublet else 0.0
+        doublet = bool(meta.get("doublet")) and name.endswith("Ka")
+        # the lines the library was drawn with, and those a scan may hold: a laboratory scan not monochromated
+        # has Kα2 beside each Kα1 peak, 0.1–0.5° apart above 45°; drawn as one line at the mean wavelength the
+        # pair leaves a misfit that the search takes for a phase
+        self.library_lines = [(self.wavelength, 1.0)] + ([(wavelength_angstrom(name + "2"), KALPHA2_RATIO)]
+                                                          if doublet else [])
+        self.doublet_lines = ([(wavelength_angstrom(name + "1"), 1.0), (wavelength_angstrom(name + "2"), s.kalpha2)]
+                              if name.endswith("Ka") and not doublet and s.kalpha2 > 0 else None)
+        self.lines = self.library_lines
         self.shape, self.eta = str(meta.get("profile", "pseudo-voigt")), float(meta.get("eta", 0.5))
         caglioti = meta.get("caglioti") or {}
         self.width0 = np.array([float(caglioti.get("W", 0.01)), float(caglioti.get("U", 0.0))])
@@ -328,9 +368,44 @@ class MixtureSearch:
         # (lag 4: a scan coarser than the grid is interpolated, and neighbouring grid points share its noise)
         sigma = max(1.4826 * np.median(np.abs(y[covered][4:] - y[covered][:-4])) / np.sqrt(2), 1e-12)
         search = _Search(self, y, covered)
+        self.lines = self.library_lines
+        if self.doublet_lines is not None:  # does the scan hold Kα2? the strongest entry fitted both ways decides
+            first = search.candidates(y, np.ones(len(self.ids), bool), 1)
+            if first:
+                costs = []
+                for self.lines in (self.library_lines, self.doublet_lines):
+                    fitted = self._refine(self._start(*first[0]), y, weight, orient=False)
+                    costs.append(float(weight @ (y - fitted.scale * fitted.profile) ** 2))
+                self.lines = self.doublet_lines if costs[1] < costs[0] else self.library_lines
         phases: list[_Phase] = []
         model = np.zeros_like(y)
-        r_factor, why, tried, skips = 1.0, [], [], 0
+        r_factor, why, dropped = 1.0, [], []
+
+        def judge(rest: list[_Phase], new: _Phase, r_rest: float,
+                  residual: np.ndarray) -> tuple[list[_Phase], np.ndarray, float, str, str]:
+            """The fit of ``rest`` (R ``r_rest``, ``residual`` left) with ``new`` added (joint scales), its R,
+            and the acceptance rule's refusal ("": none)."""
+            r_factor = r_rest
+            trial = [replace(p) for p in rest] + [new]  # a refused trial leaves the accepted scales alone
+            self._scales(trial, y, weight)
+            trial_model = sum(p.scale * p.profile for p in trial)
+            new_r = float(np.sqrt(weight @ (y - trial_model) ** 2)) / norm
+            gain = 1 - (new_r / r_factor) ** 2  # the share of the weighted misfit left that the new phase removes
+            z = np.sqrt(max(r_factor ** 2 - new_r ** 2, 0.0) * floor) * norm / sigma
+            share = trial[-1].scale * self.area[new.entry] * self._line_factor() / (total * self.grid.step)
+            support = _support(trial[-1].scale * new.profile, residual)
+            strain = float(np.prod(new.metric[:3])) ** (-1 / 6) - 1
+            refusal = (f"its cell is strained {strain:+.1%}, beyond ±{s.max_strain:.1%}"
+                       if abs(strain) > s.max_strain else
+                       f"explains {gain:.1%} of the misfit left < {s.min_gain:.0%}" if gain < s.min_gain else
+                       f"its fit is {z:.0f} σ of noise < {s.noise_factor:g}" if z < s.noise_factor else
+                       f"explains {share:.1%} of the signal < {s.min_share:.0%}" if share < s.min_share else
+                       f"only {support:.0%} of its intensity lies under the pattern < {s.min_support:.0%}"
+                       if support < s.min_support else "")
+            note = (f"R {r_factor:.3f} → {new_r:.3f} ({z:.0f} σ), explains {share:.1%} of the signal, "
+                    f"{support:.0%} of it under the pattern")
+            return trial, trial_model, new_r, refusal, note
+
         while True:
             residual = y - model
             if len(phases) >= s.max_phases:
@@ -339,40 +414,81 @@ class MixtureSearch:
             if ndimage.gaussian_filter1d(residual, 1.0).max() < s.min_peak * y.max():
                 why.append(f"stopped: no residual peak above {s.min_peak:.0%} of the maximum")
                 break
-            # a formula is tried once: one in the fit, or one the joint fit dropped, is not tried again
-            found = search.best(residual, ~np.isin(self.group, self.group[tried]))
-            if found is None:
+            # a formula in the fit, or one the joint fit dropped, is not tried again
+            used = [p.entry for p in phases] + dropped
+            found = search.candidates(residual, ~np.isin(self.group, self.group[used]), s.candidates)
+            if not found:
                 why.append("stopped: no library entry fits the residual")
                 break
-            entry, shift = found
-            tried.append(entry)
-            new = self._refine(self._start(entry, shift), residual, weight)
-            trial = [replace(p) for p in phases] + [new]  # a refused trial leaves the accepted scales alone
-            self._scales(trial, y, weight)
-            trial_model = sum(p.scale * p.profile for p in trial)
-            new_r = float(np.sqrt(weight @ (y - trial_model) ** 2)) / norm
-            gain = 1 - (new_r / r_factor) ** 2  # the share of the weighted misfit left that the new phase removes
-            z = np.sqrt(max(r_factor ** 2 - new_r ** 2, 0.0) * floor) * norm / sigma
-            share = new.scale * self.area[entry] / (total * self.grid.step)
-            support = _support(new.scale * new.profile, residual)
-            name = f"{self.formulas[entry]} ({self.ids[entry]})"
-            refusal = (f"explains {gain:.1%} of the misfit left < {s.min_gain:.0%}" if gain < s.min_gain else
-                       f"its fit is {z:.0f} σ of noise < {s.noise_factor:g}" if z < s.noise_factor else
-                       f"explains {share:.1%} of the signal < {s.min_share:.0%}" if share < s.min_share else
-                       f"only {support:.0%} of its intensity lies under the pattern < {s.min_support:.0%}"
-                       if support < s.min_support else "")
-            if refusal:
-                why.append(f"refused {name}: {refusal}")
-                if support < s.min_support and not refusal.startswith(("explains", "its fit")) and skips < _SKIPS:
-                    skips += 1  # peaks missing: the wrong formula for that residual, the next may be right
+            # the search axis ranks by isotropic, smoothed overlap, which favours entries that fit the misfit of
+            # the phases already in; a short refinement of the cell against the residual ranks them as the fit will
+            screened = []
+            for entry, shift in found:
+                quick = self._refine(self._start(entry, shift), residual, weight, s.screen_steps, orient=False)
+                trial, _, new_r, refusal, _ = judge(phases, quick, r_factor, residual)
+                screened.append((bool(refusal), new_r, entry, shift))
+            screened.sort()
+            accepted = None
+            for _, _, entry, shift in screened[:s.refine_best]:
+                new = self._refine(self._start(entry, shift), residual, weight)
+                trial, trial_model, new_r, refusal, note = judge(phases, new, r_factor, residual)
+                name = f"{self.formulas[entry]} ({self.ids[entry]})"
+                if refusal:
+                    why.append(f"refused {name}: {refusal}")
                     continue
+                why.append(f"added {name}: {note}")
+                accepted = trial, trial_model, new_r
                 break
-            why.append(f"added {name}: R {r_factor:.3f} → {new_r:.3f} ({z:.0f} σ), explains {share:.1%} of the "
-                       f"signal, {support:.0%} of it under the pattern")
+            if accepted is None:
+                break
+            trial, model, r_factor = accepted
             why += [f"dropped {self.formulas[p.entry]} ({self.ids[p.entry]}): no weight left in the joint fit"
                     for p in trial if p.scale <= 0]
-            phases, model, r_factor = [p for p in trial if p.scale > 0], trial_model, new_r
+            dropped += [p.entry for p in trial if p.scale <= 0]
+            phases = [p for p in trial if p.scale > 0]
+            if s.polish_steps and len(phases) > 1:
+                # each phase was refined against the residual of those before it, which held the later ones'
+                # peaks: refined again against the pattern less all the others, its misfit does not pass for a phase
+                for i in range(len(phases)):
+                    others = sum(q.scale * q.profile for j, q in enumerate(phases) if j != i)
+                    phases[i] = self._refine(phases[i], y - others, weight, s.polish_steps, polish=True)
+                self._scales(phases, y, weight)
+                model = sum(p.scale * p.profile for p in phases)
+                r_factor = float(np.sqrt(weight @ (y - model) ** 2)) / norm
+        # each phase was judged against those found before it; judged again against all the others (as if added
+        # last), a phase whose peaks the later ones explain as well is dropped, the weakest first
+        while len(phases) > 1:
+            tests = []
+            for i, p in enumerate(phases):
+                rest = [replace(q) for j, q in enumerate(phases) if j != i]
+                self._scales(rest, y, weight)
+                rest_model = sum(q.scale * q.profile for q in rest)
+                r_rest = float(np.sqrt(weight @ (y - rest_model) ** 2)) / norm
+                refusal = judge(rest, p, r_rest, y - rest_model)[3]
+                tests.append((r_rest, i, refusal, rest, rest_model))
+            failed = [t for t in tests if t[2]]
+            if not failed:
+                break
+            r_factor, i, refusal, rest, model = min(failed, key=lambda t: t[0])  # the least missed
+            gone = phases[i]
+            why.append(f"removed {self.formulas[gone.entry]} ({self.ids[gone.entry]}): judged against all the "
+                       f"others, {refusal}")
+            phases = rest
         margin = search.margins(phases)
+        confidence = margin / (margin + _CONFIDENCE_STEP)  # the pruning rule's scale (the answer's is calibrated)
+        # a phase that another formula replaces as well fits peaks that no formula claims: misfit of the others,
+        # or a phase absent from the library; all such go at once (judged again one by one, each removal would
+        # hand its peaks to the next), the best-supported phase stays
+        weak = (confidence < s.min_confidence) & (np.arange(len(phases)) != int(np.argmax(confidence))) \
+            if phases else np.zeros(0, bool)
+        if weak.any():
+            why += [f"removed {self.formulas[p.entry]} ({self.ids[p.entry]}): another formula fits its peaks as well "
+                    f"(confidence {c:.2f} < {s.min_confidence:g})" for p, c, w in zip(phases, confidence, weak) if w]
+            phases = [p for p, w in zip(phases, weak) if not w]
+            self._scales(phases, y, weight)
+            model = sum(p.scale * p.profile for p in phases)
+            r_factor = float(np.sqrt(weight @ (y - model) ** 2)) / norm
+            margin = search.margins(phases)
         return self._answer(y, phases, model, margin, r_factor, why)
 
     def _start(self, entry: int, shift: int) -> _Phase:
@@ -380,13 +496,16 @@ class MixtureSearch:
         metric = np.full(6, (1 + float(self.axis.strain(shift))) ** -2)
         return _Phase(entry, metric, np.sqrt(self.width0), self._profile(entry, metric, np.sqrt(self.width0))[0])
 
-    def _refine(self, phase: _Phase, target: np.ndarray, weight: np.ndarray) -> _Phase:
+    def _refine(self, phase: _Phase, target: np.ndarray, weight: np.ndarray, steps: int | None = None,
+                orient: bool = True, polish: bool = False) -> _Phase:
         """The phase's cell (six G* factors within ``cell_freedom``), width and texture fitted to ``target``.
 
         Variable projection: the scale follows in closed form at every step (the non-negative least
         squares of one column), and the Jacobian is analytic (one pass over the peaks' windows).
         Texture: March–Dollase ``(r² cos²α + sin²α / r)^-3/2`` about the normal of one of the
         entry's strongest reflections or a reciprocal axis, the one whose best ``r`` fits best.
+        ``orient`` False: no texture; ``polish``: a few steps from the phase's own cell, width and
+        texture (its axis kept), against a new target.
         """
         freedom = self.settings.cell_freedom
         peaks = self._peaks(phase.entry)
@@ -397,8 +516,7 @@ class MixtureSearch:
         def evaluate(x: np.ndarray, direction: np.ndarray | None,
                      free: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
             """Weighted residual, its Jacobian (columns ``free``), the profile and its projected (best) scale."""
-            f, jac = self._profile(phase.entry, x[:6], x[6:8], True, direction, x[8] if len(x) > 8 else 1.0)
-            jac = jac[:, free]
+            f, jac = self._profile(phase.entry, x[:6], x[6:8], True, direction, x[8] if len(x) > 8 else 1.0, free)
             wf = weight * f
             ff = float(wf @ f)
             c = max(float(wf @ target) / ff, 0.0) if ff > 0 else 0.0
@@ -406,26 +524,43 @@ class MixtureSearch:
             dc = ((weight * target) @ jac - 2 * c * (wf @ jac)) / ff if c > 0 else np.zeros(jac.shape[1])
             return root * (target - c * f), -root[:, None] * (c * jac + f[:, None] * dc[None, :]), f, c
 
-        lo = np.r_[phase.metric * (1 - freedom), 0.01, 0.0]
-        hi = np.r_[phase.metric * (1 + freedom), 0.5, 0.7]
-        steps = self.settings.refine_steps
+        # each component may move by ``freedom`` of its diagonal scale √(G*ii G*jj): an off-diagonal component that
+        # is a small difference (a centred cell's primitive setting) must move by far more than its own size
+        g, diagonal = peaks.metric, np.diag(peaks.metric)
+        scale = np.r_[np.abs(diagonal), np.sqrt(np.abs(diagonal[[0, 0, 1]] * diagonal[[1, 2, 2]]))]
+        own = np.abs(np.r_[diagonal, g[0, 1], g[0, 2], g[1, 2]])
+        reach = freedom * np.minimum(scale / np.maximum(own, 1e-12), 50.0)  # factors' half-range
+        lo = np.r_[phase.metric - np.abs(phase.metric) * reach, 0.01, 0.0]
+        hi = np.r_[phase.metric + np.abs(phase.metric) * reach, 0.5, 0.7]
+        steps = self.settings.refine_steps if steps is None else steps
+        if polish:
+            r_lo, r_hi = 1 / self.settings.texture, self.settings.texture
+            start = np.r_[phase.metric, phase.width, phase.texture]
+            if phase.direction is None:
+                x = np.r_[_levenberg_marquardt(lambda v: evaluate(np.r_[v, 1.0], None, slice(0, 8)),
+                                               start[:8], lo, hi, steps), 1.0]
+            else:
+                x = _levenberg_marquardt(lambda v: evaluate(v, phase.direction), start,
+                                         np.r_[lo, r_lo], np.r_[hi, r_hi], steps)
+            _, _, f, c = evaluate(x, phase.direction, slice(0, 0))
+            return _Phase(phase.entry, x[:6], x[6:8], f, c, phase.direction, float(x[8]))
         x = _levenberg_marquardt(lambda v: evaluate(np.r_[v, 1.0], None, slice(0, 8)),
                                  np.r_[phase.metric, phase.width], lo, hi, steps)
         direction = None
-        if self.settings.texture > 1:
+        if orient and self.settings.texture > 1:
             r_lo, r_hi = 1 / self.settings.texture, self.settings.texture
-            best = float(np.sum(evaluate(np.r_[x, 1.0], None)[0] ** 2))
+            best = float(np.sum(evaluate(np.r_[x, 1.0], None, slice(0, 0))[0] ** 2))
             for trial in _texture_directions(peaks):  # r alone per direction: the cheap choice
                 r = _levenberg_marquardt(lambda v, t=trial: evaluate(np.r_[x, v], t, slice(8, 9)),
                                          np.ones(1), np.array([r_lo]), np.array([r_hi]), 8)
-                cost = float(np.sum(evaluate(np.r_[x, r], trial)[0] ** 2))
+                cost = float(np.sum(evaluate(np.r_[x, r], trial, slice(0, 0))[0] ** 2))
                 if cost < 0.98 * best:
                     best, direction, texture = cost, trial, r
             if direction is not None:
                 x = _levenberg_marquardt(lambda v: evaluate(v, direction), np.r_[x, texture],
                                          np.r_[lo, r_lo], np.r_[hi, r_hi], steps)
         x = np.r_[x, 1.0] if direction is None else x
-        _, _, f, c = evaluate(x, direction)
+        _, _, f, c = evaluate(x, direction, slice(0, 0))
         return _Phase(phase.entry, x[:6], x[6:8], f, c, direction, float(x[8]))
 
     def _scales(self, phases: list[_Phase], y: np.ndarray, weight: np.ndarray) -> None:
@@ -451,12 +586,15 @@ class MixtureSearch:
                 g0 = np.linalg.lstsq(terms, q0, rcond=None)[0]  # G* of the simulated cell
                 G = np.array([[g0[0], g0[3], g0[4]], [g0[3], g0[1], g0[5]], [g0[4], g0[5], g0[2]]])
                 peaks = _Peaks(q0, intensity[keep], terms * g0, 1.0, h, G)
+                lines, self.lines = self.lines, self.library_lines  # scale 1: the library's profile
                 peaks.norm = float(self._draw(peaks, np.ones(6), np.sqrt(self.width0))[0].max()) or 1.0
+                self.lines = lines
             self._peak_cache[entry] = peaks
         return self._peak_cache[entry]
 
     def _profile(self, entry: int, metric: np.ndarray, width: np.ndarray, jacobian: bool = False,
-                 direction: np.ndarray | None = None, texture: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+                 direction: np.ndarray | None = None, texture: float = 1.0,
+                 columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
         """The entry's profile (scaled as the library's) with G* components × ``metric`` and (√W, √U) ``width``.
 
         Without reflections (a bare profile) the isotropic part of ``metric`` resamples the library profile.
@@ -465,11 +603,12 @@ class MixtureSearch:
         if peaks is None:
             library = np.asarray(self.patterns.profiles[entry], np.float64)
             return self._strained(library, float(np.mean(metric)) ** -0.5 - 1), None
-        f, jac = self._draw(peaks, metric, width, jacobian, direction, texture)
+        f, jac = self._draw(peaks, metric, width, jacobian, direction, texture, columns)
         return f / peaks.norm, (jac / peaks.norm if jac is not None else None)
 
     def _draw(self, peaks: _Peaks, metric: np.ndarray, width: np.ndarray, jacobian: bool = False,
-              direction: np.ndarray | None = None, texture: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+              direction: np.ndarray | None = None, texture: float = 1.0,
+              columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
         """Reflections drawn on the grid as the library's (doublet, shape), with d/d(metric, width) if asked.
 
         ``1/d² = q0 + terms·(metric − 1)``; FWHM² = W + U tan²θ with ``width`` = (√W, √U). Each peak
@@ -485,7 +624,7 @@ class MixtureSearch:
             factor = base ** -1.5
             d_texture = peaks.intensity * -1.5 * base ** -2.5 * (2 * texture * cos2 - (1 - cos2) / texture ** 2)
             intensity = peaks.intensity * factor
-        lams = [(self.wavelength, 1.0)] + ([(self.wavelength2, KALPHA2_RATIO)] if self.doublet else [])
+        lams = self.lines
         lam = np.concatenate([np.full(len(q), w) for w, _ in lams])
         height = np.concatenate([r * intensity for _, r in lams])
         d_height = np.concatenate([r * d_texture for _, r in lams])
@@ -493,16 +632,19 @@ class MixtureSearch:
         sin = lam * np.sqrt(np.clip(q[row], 1e-12, None)) / 2
         ok = sin < 0.999
         lam, height, row, sin, d_height = lam[ok], height[ok], row[ok], sin[ok], d_height[ok]
+        if not ok.any():  # every reflection beyond 2θ = 180°
+            return np.zeros(grid.n_points), (np.zeros((grid.n_points, len(range(9)[columns]))) if jacobian else None)
         theta = np.arcsin(sin)
         position = np.degrees(2 * theta)
         tan2 = np.tan(theta) ** 2
         fwhm = np.sqrt(width[0] ** 2 + width[1] ** 2 * tan2 + 1e-8)
         half = int(np.ceil(_WINDOW * fwhm.max() / grid.step))
         idx = np.rint((position - grid.start) / grid.step).astype(np.int64)[:, None] + np.arange(-half, half + 1)
-        u = (grid.start + idx * grid.step - position[:, None]) / fwhm[:, None]
+        # float32 over the windows: half the time of the exponentials, far below the fit's precision needs
+        u = ((grid.start + idx * grid.step - position[:, None]) / fwhm[:, None]).astype(np.float32)
         inside = (idx >= 0) & (idx < grid.n_points) & (np.abs(u) <= _WINDOW)
         shape, slope = _shape(u, self.shape, self.eta)
-        amp = (height / fwhm)[:, None]
+        amp = (height / fwhm)[:, None].astype(np.float32)
         flat = idx[inside]
         f = np.bincount(flat, (amp * shape)[inside], grid.n_points)
         if not jacobian:
@@ -511,11 +653,15 @@ class MixtureSearch:
         d_fwhm = -(amp / fwhm[:, None]) * (shape + u * slope)
         # d position (degrees) / d q, and d q / d metric_k = terms_k (G* component k of the simulated cell)
         per_q = np.degrees(lam / (2 * np.sqrt(q[row]) * np.cos(theta)))
-        columns = [peaks.terms[row, k] * per_q for k in range(6)]
-        columns = [(d_position * c[:, None])[inside] for c in columns]
-        columns += [(d_fwhm * (width[0] / fwhm)[:, None])[inside], (d_fwhm * (width[1] * tan2 / fwhm)[:, None])[inside],
-                    ((d_height / fwhm)[:, None] * shape)[inside]]
-        jac = np.stack([np.bincount(flat, c, grid.n_points) for c in columns], axis=1)
+        # only the columns asked for (the texture's alone while its axis is chosen): each costs a pass over the windows
+        make = [*(lambda k=k: d_position[inside] * (peaks.terms[row, k] * per_q)[peak] for k in range(6)),
+                lambda: (d_fwhm * (width[0] / fwhm)[:, None])[inside],
+                lambda: (d_fwhm * (width[1] * tan2 / fwhm)[:, None])[inside],
+                lambda: ((d_height / fwhm)[:, None] * shape)[inside]]
+        peak = np.broadcast_to(np.arange(len(row))[:, None], inside.shape)[inside]
+        jac = np.zeros((grid.n_points, 0))
+        if make[columns]:
+            jac = np.stack([np.bincount(flat, c(), grid.n_points) for c in make[columns]], axis=1)
         return f, jac
 
     def _strained(self, profile: np.ndarray, strain: float) -> np.ndarray:
@@ -537,7 +683,8 @@ class MixtureSearch:
         """The JSON-ready answer: phases by weight fraction, and the unexplained share of the signal."""
         total = float(y.sum())
         entries = np.array([p.entry for p in phases], np.int64)
-        intensity = np.array([p.scale * self.area[p.entry] / self.grid.step for p in phases])  # in grid steps
+        intensity = np.array([p.scale * self.area[p.entry] * self._line_factor() / self.grid.step
+                              for p in phases])  # in grid steps
         weights = intensity / self.mass_intensity[entries] if len(phases) else np.zeros(0)
         weights = weights / weights.sum() if weights.sum() > 0 else weights
         answer = []
@@ -553,6 +700,10 @@ class MixtureSearch:
         unexplained = float(np.clip(y - model, 0, None).sum() / total)
         return {"phases": [answer[i] for i in order], "residual_share": round(unexplained, 4),
                 "r_factor": round(r_factor, 4), "weight_basis": self.weight_basis, "why": why, "_profiles": drawn}
+
+    def _line_factor(self) -> float:
+        """The intensity of the lines drawn over that of the library's (1.5: Kα2 drawn beside a library's Kα)."""
+        return sum(r for _, r in self.lines) / sum(r for _, r in self.library_lines)
 
     def _smooth(self, rows: np.ndarray) -> np.ndarray:
         if self.settings.smooth <= 0:
@@ -583,14 +734,22 @@ class _Search:
         best = gain.argmax(axis=0)
         return gain[best, np.arange(gain.shape[1])], best - self.m
 
-    def best(self, residual: np.ndarray, allowed: np.ndarray) -> tuple[int, int] | None:
-        """(entry, shift) among ``allowed`` that lowers the residual (a grid row) most; None when none does."""
+    def candidates(self, residual: np.ndarray, allowed: np.ndarray, n: int) -> list[tuple[int, int]]:
+        """The ``n`` (entry, shift) among ``allowed`` that lower the residual most, at most two per formula."""
         rows = np.flatnonzero(allowed)
         if len(rows) == 0:
-            return None
+            return []
         gain, shift = self.gains(self.axis_row(residual), rows)
-        k = int(gain.argmax())
-        return (int(rows[k]), int(shift[k])) if gain[k] > 0 else None
+        out: list[tuple[int, int]] = []
+        per_formula: dict[int, int] = {}
+        for k in np.argsort(-gain, kind="stable"):
+            g = int(self.owner.group[rows[k]])
+            if gain[k] <= 0 or len(out) >= n:
+                break
+            if per_formula.get(g, 0) < 2:  # polymorphs: the best two of a formula compete, not a whole family
+                per_formula[g] = per_formula.get(g, 0) + 1
+                out.append((int(rows[k]), int(shift[k])))
+        return out
 
     def margins(self, phases: list[_Phase]) -> np.ndarray:
         """Per phase: the weighted R-factor margin by which it beats its best substitute of another formula."""
@@ -652,7 +811,7 @@ def _formulas(library: pd.DataFrame | Sequence[Mapping[str, Any]] | None, ids: l
 def _shape(u: np.ndarray, shape: str, eta: float) -> tuple[np.ndarray, np.ndarray]:
     """Unit-area, unit-FWHM peak at ``u`` (in FWHM) and its derivative (as :func:`xrdid.xrd.profiles.render`)."""
     c = 4 * np.log(2)
-    gauss = np.sqrt(c / np.pi) * np.exp(-c * u * u)
+    gauss = float(np.sqrt(c / np.pi)) * np.exp(-c * u * u)
     if shape == "gaussian":
         return gauss, -2 * c * u * gauss
     denominator = 1 + 4 * u * u
