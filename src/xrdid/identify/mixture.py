@@ -133,7 +133,8 @@ class MixtureSettings:
     kalpha2 : I(Kα2) / I(Kα1) of a scan's doublet when the library was drawn at the mean Kα wavelength:
         per pattern, the first phase is refined with and without the doublet and the better fit decides
         for all phases (0: one line).
-    min_confidence : at the end, a phase (not the only one) whose confidence is below this is removed.
+    min_confidence : at the end, a phase (not the only one) whose margin ``m`` over its best substitute has
+        ``m / (m + 0.01)`` below this is removed (the uncalibrated scale: calibration does not move the rule).
     polish_steps : after each phase added, every phase is refined again (this many steps) against the
         pattern less the others; 0: never.
     """
