@@ -67,6 +67,16 @@ def test_measured_mixtures_are_scored_per_scan_and_a_bad_file_is_reported(regist
     assert (tmp_path / "plots" / "phases.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "mixture" / "mixture.json").read_text())["calibration"] is None
 
+    # single-phase test sets (RRUFF's labels: pattern, cif): the expected phase is the CIF's formula
+    (tmp_path / "single.csv").write_text(f"pattern,cif\nb.xy,cif/{ids[2]}.cif\n")
+    params["mixture"]["measured"] = {"labels": str(tmp_path / "single.csv")}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    assert main(["mixture", "--params", str(tmp_path / "p.yaml"), "--library", f"{d}/library", "--patterns",
+                 f"{d}/patterns", "--augmented", str(tmp_path / "none"), "--out", str(tmp_path / "mixture"),
+                 "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots"), "--no-progress"]) == 0
+    single = json.loads((tmp_path / "m.json").read_text())["measured"]["all"]
+    assert single["n"] == 1 and single["recall"] == 1.0  # a noiseless pure pattern: its own formula
+
 
 def test_the_registered_open_model_carries_the_mixture_spec_and_serves_phases(store: dict, tmp_path: Path) -> None:
     import mlflow
