@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +71,7 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
         n_fit = int(round(section.calibration_share * len(X)))
         results = _fit(search, X, None, progress, "mixtures (augmented)")
         truth = [_truth(formulas, e, f) for e, f in zip(entries, fractions)]
-        margins, right = _phase_outcomes(results[:n_fit], [set(t) for t in truth[:n_fit]], search)
+        margins, right = _phase_outcomes(results[:n_fit], [set(t) for t in truth[:n_fit]])
         calibration = _isotonic(margins, right)
         held = results[n_fit:]
         if calibration is not None:  # None: every phase right (or none) in the calibration share, nothing to fit
@@ -78,7 +79,7 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
         metrics["synthetic"] = {**_scores(held, [set(t) for t in truth[n_fit:]]),
                                 "weight_fraction_mae": _fraction_error(held, truth[n_fit:]),
                                 "calibration_samples": n_fit}
-        raw, ok = _phase_outcomes(held, [set(t) for t in truth[n_fit:]], search)
+        raw, ok = _phase_outcomes(held, [set(t) for t in truth[n_fit:]])
         metrics["synthetic"]["ece_raw"] = _ece(raw / (raw + 0.01), ok)
         metrics["synthetic"]["ece"] = _ece(search.confidence(raw), ok)
         _write_reliability(Path(plots_dir), raw, ok, calibration)
@@ -98,8 +99,6 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
 
 
 def _plain(settings: MixtureSettings) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in asdict(settings).items()}
 
 
@@ -133,8 +132,7 @@ def _fit(search: MixtureSearch, X: np.ndarray, covered: np.ndarray | None, progr
     return [search.fit(x, c)[0] for x, c in tqdm(zip(X, cov), total=len(X), desc=desc, disable=not progress)]
 
 
-def _phase_outcomes(results: Sequence[Mapping[str, Any]], truth: Sequence[set[str]],
-                    search: MixtureSearch) -> tuple[np.ndarray, np.ndarray]:
+def _phase_outcomes(results: Sequence[Mapping[str, Any]], truth: Sequence[set[str]]) -> tuple[np.ndarray, np.ndarray]:
     """Every found phase's margin over its best substitute and whether its formula is right."""
     margins = [p["margin"] for r in results for p in r["phases"]]
     right = [p["formula"] in t for r, t in zip(results, truth) for p in r["phases"]]
@@ -221,8 +219,9 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, plots: Pat
     absent = [i for i, row in enumerate(rows) if row.get("phases_not_in_library")]
     if absent:
         out["with_phase_not_in_library"] = _scores([results[i] for i in absent], [truth[i] for i in absent])
-    margins, right = _phase_outcomes(results, truth, search)
+    margins, right = _phase_outcomes(results, truth)
     confidence = np.array([p["confidence"] for r in results for p in r["phases"]])
+    out["ece_raw"] = _ece(margins / (margins + 0.01), right)  # the uncalibrated m / (m + 0.01)
     out["ece"] = _ece(confidence, right)
     first = results[0]
     plot_mixture(grid, first["signal"], covered[0], first["phases"], first["profiles"], plots / "phases.png",
