@@ -54,10 +54,14 @@ def build(folder: Path, cifs: Path, grid: Grid, workers: int, select: list[str] 
                             progress=False)
 
 
-def crystals(folder: Path, ids: list[str]) -> list:
-    library = Library.load(folder / "library")
-    where = {entry: i for i, entry in enumerate(library.ids)}
-    return [library.crystal(where[i]) for i in ids]
+def timed_fit(search: MixtureSearch, X: np.ndarray, covered: np.ndarray) -> tuple[list[dict], list[float]]:
+    """Each row's answer and the seconds it took (timed one by one: the 2-minute scans' broad peaks cost more)."""
+    results, seconds = [], []
+    for x, c in zip(X, covered):
+        start = time.perf_counter()
+        results += search.fit(x, c)
+        seconds.append(time.perf_counter() - start)
+    return results, seconds
 
 
 def read(paths: list[Path], grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +107,9 @@ def dara(folder: Path, settings: MixtureSettings, workers: int) -> None:
     scans = [row["scan"] for row in labels]
 
     start = time.perf_counter()
-    search = MixtureSearch(patterns, library, settings, crystals(folder / "dara", patterns.ids))
+    search = MixtureSearch(patterns, library, settings, Library.load(folder / "dara" / "library").crystals(patterns.ids))
     ready = time.perf_counter() - start
-    results, per_pattern = [], []
-    for x, c in zip(X, covered):  # timed one by one: the 2-minute scans' broad peaks cost more
-        start = time.perf_counter()
-        results += search.fit(x, c)
-        per_pattern.append(time.perf_counter() - start)
+    results, per_pattern = timed_fit(search, X, covered)
     seconds = float(np.mean(per_pattern))
     found = [{p["formula"] for p in r["phases"]} for r in results]
     formulas = library.set_index("id").loc[patterns.ids, "reduced_formula"].to_numpy()
@@ -147,12 +147,8 @@ def rruff(folder: Path, settings: MixtureSettings, workers: int) -> None:
     with open(data / "labels.csv", newline="") as handle:
         labels = list(csv.DictReader(handle))
     X, covered = read([data / row["pattern"] for row in labels], RRUFF_GRID)
-    search = MixtureSearch(patterns, library, settings, crystals(folder / "rruff", patterns.ids))
-    results, per_pattern = [], []
-    for x, c in zip(X, covered):  # timed one by one: the 2-minute scans' broad peaks cost more
-        start = time.perf_counter()
-        results += search.fit(x, c)
-        per_pattern.append(time.perf_counter() - start)
+    search = MixtureSearch(patterns, library, settings, Library.load(folder / "rruff" / "library").crystals(patterns.ids))
+    results, per_pattern = timed_fit(search, X, covered)
     seconds = float(np.mean(per_pattern))
     reduced = dict(zip(library["id"].astype(str), library["reduced_formula"]))
     one = np.mean([len(r["phases"]) == 1 for r in results])

@@ -161,9 +161,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _mixture(identifier: Identifier, args: argparse.Namespace) -> Any:
     """The mixture search over the identifier's library (structures from ``--library`` when it holds them)."""
-    from xrdid.identify.mixture import MixtureSearch, MixtureSettings
+    from xrdid.identify.mixture import MixtureSearch
 
-    MixtureSettings(max_phases=args.max_phases)  # a bad --max-phases is refused before the search is built
     library = Path(args.library) / "library" if args.library else None
     return MixtureSearch.for_identifier(identifier, args.max_phases, library)
 

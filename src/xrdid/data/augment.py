@@ -222,7 +222,8 @@ class Augmenter:
     """
 
     def __init__(self, patterns: PatternSet, noise: np.ndarray | None, lattices: np.ndarray | None,
-                 settings: dict[str, Any], unreliable: np.ndarray | None = None) -> None:
+                 settings: dict[str, Any], unreliable: np.ndarray | None = None,
+                 crystal: Callable[[int], Crystal] | None = None) -> None:
         p = self.settings = settings
         self.grid: Grid = patterns.grid
         self.ids = list(patterns.ids)
@@ -275,11 +276,9 @@ class Augmenter:
         self._unspread = (1 / np.sinc(self._freq.astype(np.float64)) ** 3).astype(np.float32)  # see _render
         self._shape_cache: tuple[float, np.ndarray] = (math.nan, self._freq)
         self._segment = min(n, max(1, _points(p["segment_width"], self.grid)))
-        # mixtures: each entry's Σ intensity (strongest = 100) on the grid, and its scattering power per unit mass
-        inside = ((patterns.two_theta >= self.grid.start) & (patterns.two_theta <= self.grid.stop)).astype(np.float64)
-        cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(patterns.intensity, np.float64) * inside)])
-        self._intensity_sum = np.diff(cumulative[np.asarray(patterns.offsets)])
-        self.crystal: Callable[[int], Crystal] | None = None  # entry → structure (from_params sets it)
+        # mixtures only, computed at their first draw: entry → structure, Σ intensity on the grid, power per mass
+        self._patterns, self._crystal = patterns, crystal
+        self._intensity_sum: np.ndarray | None = None
         self._per_mass: dict[int, float] = {}
 
     # ------------------------------------------------------------------ construction
@@ -330,10 +329,8 @@ class Augmenter:
                          int(unreliable.sum()), p["unreliable_intensity_sigma"])
         elif p["texture_probability"] > 0 or np.ptp(p["strain"]) > 0:
             log.info("augment: no library: strain is isotropic and texture is off")
-        aug = cls(patterns, noise_bank, lattices, p, unreliable)
-        if library is not None:
-            aug.crystal = lambda i: library.crystal(rows[i])
-        return aug
+        crystal = (lambda i: library.crystal(rows[i])) if library is not None else None
+        return cls(patterns, noise_bank, lattices, p, unreliable, crystal)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -397,8 +394,8 @@ class Augmenter:
         """Draw spectra of mixtures: ``mixtures.phases`` distinct entries at random weight fractions.
 
         Each phase is varied, broadened and cut to its main peaks on its own (strain, intensities,
-        texture, Kα2, zero shift, crystallite size, ``main_points``, as :meth:`sample`), scaled so that its integrated intensity is its
-        weight fraction times its scattering power per unit mass
+        texture, Kα2, zero shift, crystallite size, ``main_points``, as :meth:`sample`), scaled so
+        that its integrated intensity is its weight fraction times its scattering power per unit mass
         (:func:`~xrdid.xrd.diffraction.intensity_per_mass`: weight fractions as in quantitative
         phase analysis; intensity fractions without a library), and the sum gets one noise-bank row.
         Fractions are uniform on the simplex above ``mixtures.min_fraction``. A library of fewer
@@ -429,7 +426,7 @@ class Augmenter:
         profiles = np.zeros((len(flat), self.grid.n_points), np.float32)
         workers = self.settings["workers"] if workers is None else workers
         size = self.settings["chunk_size"]
-        scale = (fractions[present] * self._power(flat) / np.maximum(self._intensity_sum[flat], 1e-12)).astype(np.float32)
+        scale = (fractions[present] * self._power(flat) / self._intensity_on_grid()[flat]).astype(np.float32)
         for start in range(0, len(flat), size):
             part = slice(start, start + size)
             position, height = self._vary(flat[part].astype(np.int64), rng)
@@ -438,13 +435,22 @@ class Augmenter:
         starts = np.concatenate([[0], np.cumsum(k)[:-1]])
         return self._merge(np.add.reduceat(profiles, starts, axis=0), rng), entries, fractions
 
+    def _intensity_on_grid(self) -> np.ndarray:
+        """Each entry's Σ reflection intensity (strongest = 100) inside the grid: its profile's area, unscaled."""
+        if self._intensity_sum is None:
+            ps = self._patterns
+            inside = (ps.two_theta >= self.grid.start) & (ps.two_theta <= self.grid.stop)
+            cumulative = np.concatenate([[0.0], np.cumsum(np.where(inside, ps.intensity, 0.0))])
+            self._intensity_sum = np.maximum(np.diff(cumulative[np.asarray(ps.offsets)]), 1e-12)
+        return self._intensity_sum
+
     def _power(self, entries: np.ndarray) -> np.ndarray:
         """Scattering power per unit mass of ``entries`` (cached; 1 without structures)."""
-        if self.crystal is None:
+        if self._crystal is None:
             return np.ones(len(entries))
         span = (self.grid.start, self.grid.stop)
         for e in set(entries.tolist()) - set(self._per_mass):
-            self._per_mass[e] = intensity_per_mass(self.crystal(e), self._lambda, span)
+            self._per_mass[e] = intensity_per_mass(self._crystal(e), self._lambda, span)
         return np.array([self._per_mass[e] for e in entries.tolist()])
 
     def _vary(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ import os
 import re
 import tarfile
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -322,6 +322,14 @@ class Library:
     def crystal(self, i: int) -> Crystal:
         sl = slice(self.offsets[i], self.offsets[i + 1])
         return Crystal(self.ids[i], self.lattice[i], self.numbers[sl], self.frac_coords[sl], self.occupancies[sl])
+
+    def crystals(self, ids: Sequence[str]) -> list[Crystal]:
+        """The structures of ``ids`` in that order (e.g. a pattern set's); InputError when one is missing."""
+        where = {entry: i for i, entry in enumerate(self.ids)}
+        missing = [str(entry) for entry in ids if str(entry) not in where]
+        if missing:
+            raise InputError(self.folder, f"{len(missing)} entries are not in the library (first: {missing[0]})")
+        return [self.crystal(where[str(entry)]) for entry in ids]
 
 
 def read_index(folder: str | Path) -> pd.DataFrame:

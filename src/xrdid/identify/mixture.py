@@ -320,10 +320,10 @@ class MixtureSearch:
         if library_dir is not None and (Path(library_dir) / "structures.npz").is_file():
             from xrdid.data.library import Library
 
-            library = Library.load(library_dir)
-            where = {entry: i for i, entry in enumerate(library.ids)}
-            if all(str(entry) in where for entry in patterns.ids):
-                crystals = [library.crystal(where[str(entry)]) for entry in patterns.ids]
+            try:
+                crystals = Library.load(library_dir).crystals(patterns.ids)
+            except InputError:  # another library than the patterns': fractions from the stored powers
+                crystals = None
         calibration = spec.get("calibration")
         return cls(patterns, identifier.library, settings, crystals, spec.get("intensity_per_mass"),
                    (calibration["margin"], calibration["probability"]) if calibration else None)

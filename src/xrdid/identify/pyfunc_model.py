@@ -13,6 +13,8 @@ the library the model carries (``max_phases``, default 4, bounds them).
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from typing import Any
 
 import mlflow
@@ -23,7 +25,7 @@ from mlflow.pyfunc import PythonModel
 
 from xrdid.errors import InputError
 from xrdid.identify.identifier import check_top
-from xrdid.identify.mixture import MixtureSearch, MixtureSettings
+from xrdid.identify.mixture import MixtureSearch
 from xrdid.identify.open import load_folder
 
 
@@ -33,7 +35,7 @@ class IdentifierModel(PythonModel):
     def load_context(self, context: Any) -> None:
 
         self.identifier = load_folder(context.artifacts["identifier"])
-        self._mixtures: dict[int, MixtureSearch] = {}  # per max_phases: built at the first request that asks
+        self._mixture: MixtureSearch | None = None  # built at the first request that asks for phases
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
         """Ranked candidates of each row; a bad row or ``top`` is the client's fault.
@@ -51,10 +53,12 @@ class IdentifierModel(PythonModel):
                 raise ValueError("no patterns given")
             answers = self.identifier.identify(X, None, top)
             if params.get("mixture"):
-                limit = MixtureSettings(max_phases=params.get("max_phases", 4)).max_phases  # its rule and message
-                if limit not in self._mixtures:
-                    self._mixtures[limit] = MixtureSearch.for_identifier(self.identifier, limit)
-                for answer, found in zip(answers, self._mixtures[limit].fit(X)):
+                if self._mixture is None:
+                    self._mixture = MixtureSearch.for_identifier(self.identifier)
+                # a shallow copy with this request's limit (the settings check it, with the CLI's message)
+                search = copy.copy(self._mixture)
+                search.settings = replace(search.settings, max_phases=params.get("max_phases", 4))
+                for answer, found in zip(answers, search.fit(X)):
                     answer.update(phases=found["phases"], residual_share=found["residual_share"])
             return answers
         except (InputError, ValueError, TypeError) as exc:  # wrong length, NaN, strings, top=0

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xrdid.config import Grid, MixtureSection, load_params
-from xrdid.data.library import Library, read_index
+from xrdid.data.library import Library
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
 from xrdid.identify.explain import plot_mixture
@@ -54,16 +54,11 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
     settings = MixtureSettings.from_dict({**section.settings, "max_phases": section.max_phases})
     patterns = PatternSet.load(patterns_dir)
     library = Library.load(library_dir)
-    where = {entry: i for i, entry in enumerate(library.ids)}
-    missing = [entry for entry in patterns.ids if entry not in where]
-    if missing:
-        raise InputError(library_dir, f"{len(missing)} simulated entries are not in the library (first: {missing[0]})")
-    rows = read_index(library_dir)
-    search = MixtureSearch(patterns, rows, settings, [library.crystal(where[e]) for e in patterns.ids])
+    search = MixtureSearch(patterns, library.index, settings, library.crystals(patterns.ids))
     formulas = search.formulas
 
     Path(plots_dir).mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"n_entries": len(patterns), "settings": _plain(settings)}
+    metrics: dict[str, Any] = {"n_entries": len(patterns), "settings": asdict(settings)}
     calibration = None
     synthetic = _augmented_mixtures(augmented_dir, patterns.ids)
     if synthetic is not None:
@@ -86,20 +81,17 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
 
     measured = section.measured
     if measured.labels:
-        metrics["measured"] = _score_measured(search, measured, patterns.grid, Path(plots_dir), progress)
+        metrics["measured"] = _score_measured(search, measured, patterns.grid, patterns.meta.get("wavelength", "CuKa"),
+                                              Path(plots_dir), progress)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
-    spec = {"format": 1, "settings": _plain(settings), "calibration": calibration,
+    spec = {"format": 1, "settings": asdict(settings), "calibration": calibration,
             "intensity_per_mass": dict(zip(search.ids, search.mass_intensity.tolist())),
             "library_sha256": patterns.meta.get("library_sha256", "")}
     with atomic_dir(out) as tmp:
         (tmp / MIXTURE_FILE).write_text(json.dumps(spec) + "\n")
     Path(metrics_path).write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
-
-
-def _plain(settings: MixtureSettings) -> dict[str, Any]:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in asdict(settings).items()}
 
 
 def _augmented_mixtures(folder: str | Path, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -125,11 +117,13 @@ def _truth(formulas: np.ndarray, entries: np.ndarray, fractions: np.ndarray) -> 
 
 
 def _fit(search: MixtureSearch, X: np.ndarray, covered: np.ndarray | None, progress: bool,
-         desc: str) -> list[dict[str, Any]]:
+         desc: str, drawn: int | None = None) -> list[dict[str, Any]]:
+    """Each row's answer, with a progress bar; row ``drawn`` also with its phases' profiles (for the plot)."""
     from tqdm import tqdm
 
-    cov = np.ones(X.shape, bool) if covered is None else covered
-    return [search.fit(x, c)[0] for x, c in tqdm(zip(X, cov), total=len(X), desc=desc, disable=not progress)]
+    cov = np.ones(np.shape(X), bool) if covered is None else covered
+    rows = tqdm(zip(X, cov), total=len(X), desc=desc, disable=not progress)
+    return [search.fit(x, c, profiles=i == drawn)[0] for i, (x, c) in enumerate(rows)]
 
 
 def _phase_outcomes(results: Sequence[Mapping[str, Any]], truth: Sequence[set[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +179,10 @@ def _fraction_error(results: Sequence[Mapping[str, Any]], truth: Sequence[Mappin
     return round(float(np.mean(errors)), 4) if errors else None
 
 
-def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, plots: Path, progress: bool) -> dict[str, Any]:
-    """Scores on the measured mixtures, per ``scan`` group, with the files that could not be read."""
+def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength: str | float, plots: Path,
+                    progress: bool) -> dict[str, Any]:
+    """Scores on the measured mixtures (read at the library's ``wavelength``), per ``scan`` group, with the
+    files that could not be read."""
     labels = Path(measured.labels)
     try:
         with open(labels, newline="") as handle:
@@ -200,16 +196,16 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, plots: Pat
     rows, X, covered, errors = [], [], [], []
     for row in table:
         try:
-            x, c = preprocess(folder / row["pattern"], grid, "CuKa", measured.default_wavelength)
+            x, c = preprocess(folder / row["pattern"], grid, wavelength, measured.default_wavelength)
         except InputError as exc:
-            errors.append(f"{row['pattern']}: {exc.reason if hasattr(exc, 'reason') else exc}")
+            errors.append(f"{row['pattern']}: {exc.problem}")
             continue
         rows.append(row)
         X.append(x)
         covered.append(c)
     if not rows:
         raise InputError(labels, "none of its patterns could be read")
-    results = [search.fit(x, c, profiles=i == 0)[0] for i, (x, c) in enumerate(zip(X, covered))]
+    results = _fit(search, np.array(X), np.array(covered), progress, "mixtures (measured)", drawn=0)
     truth = [_expected(row, formula_of) for row in rows]
     out: dict[str, Any] = {"unreadable": errors}
     groups = sorted({row.get("scan") or "all" for row in rows})
