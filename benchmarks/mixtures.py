@@ -15,6 +15,8 @@
    2125 points): the share answered with exactly one phase, and with the right one first (its CIF
    or the same reduced formula).
 
+Each part runs with the mixture settings of its DVC profile (``pipelines/dara``, ``pipelines/rruff236``).
+
 Usage::
 
     python benchmarks/mixtures.py [--folder DIR] [--max-phases 4] [--workers 1] [--skip-rruff]
@@ -33,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
 
-from xrdid.config import Grid
+from xrdid.config import Grid, load_params
 from xrdid.data.library import Library, build_library, read_index
 from xrdid.data.patterns import PatternSet, simulate_library
 from xrdid.identify.mixture import MixtureSearch, MixtureSettings
@@ -169,12 +171,17 @@ def main() -> None:
     parser.add_argument("--skip-rruff", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    settings = MixtureSettings(max_phases=args.max_phases)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
-        dara(folder, settings, args.workers)
+        dara(folder, profile_settings("dara", args.max_phases), args.workers)
         if not args.skip_rruff:
-            rruff(folder, settings, args.workers)
+            rruff(folder, profile_settings("rruff236", args.max_phases), args.workers)
+
+
+def profile_settings(profile: str, max_phases: int) -> MixtureSettings:
+    """The mixture settings of a DVC profile (``pipelines/PROFILE/params.yaml``), what ``make PROFILE`` scores."""
+    settings = load_params(ROOT / "pipelines" / profile / "params.yaml")["mixture"]["settings"]
+    return MixtureSettings.from_dict({**settings, "max_phases": max_phases})
 
 
 if __name__ == "__main__":

@@ -105,10 +105,15 @@ def test_three_phases_are_found_with_their_weight_fractions(seed: int) -> None:
 def test_two_phases_and_a_pure_one(seed: int) -> None:
     patterns, rows, phases = _library(seed)
     search = MixtureSearch(patterns, rows)
-    two = _measure([(phases[2], 1.0, np.full(3, 0.006)), (phases[6], 0.6, np.full(3, -0.01))], seed)
+    fractions = np.array([0.65, 0.35])
+    scales = fractions * search.mass_intensity[[2, 6]] / search.area[[2, 6]]
+    scales /= scales.max()
+    two = _measure([(phases[2], scales[0], np.full(3, 0.006)), (phases[6], scales[1], np.full(3, -0.01))], seed)
     pure = _measure([(phases[3], 1.0, np.full(3, -0.012))], seed)
     found_two, found_pure = search.fit(np.stack([two, pure]))
     assert sorted(p["id"] for p in found_two["phases"]) == ["e2", "e6"], found_two["why"]
+    by_id = {p["id"]: p["weight_fraction"] for p in found_two["phases"]}
+    assert_allclose([by_id["e2"], by_id["e6"]], fractions, atol=0.05)
     assert [p["id"] for p in found_pure["phases"]] == ["e3"], found_pure["why"]
     assert_allclose(found_pure["phases"][0]["weight_fraction"], 1.0)
     assert found_pure["phases"][0]["formula"] == rows[3]["reduced_formula"]
@@ -127,6 +132,18 @@ def test_a_phase_absent_from_the_library_stays_in_the_residual(seed: int) -> Non
     found = MixtureSearch(patterns, rows).fit(X)[0]
     assert [p["id"] for p in found["phases"]] == ["e5"], found["why"]
     assert found["residual_share"] > 0.2
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_later_phase_must_stand_out_further_than_the_first(seed: int) -> None:
+    """The first phase is judged against ``first_noise_factor``, a later one against ``noise_factor``."""
+    patterns, rows, phases = _library(seed)
+    X = _measure([(phases[2], 1.0, np.zeros(3)), (phases[6], 0.6, np.zeros(3))], seed)
+    strict = MixtureSearch(patterns, rows, MixtureSettings(noise_factor=1e6)).fit(X)[0]
+    assert [p["id"] for p in strict["phases"]] == ["e2"], strict["why"]
+    assert any("σ of noise < 1e+06" in line for line in strict["why"]), strict["why"]
+    with pytest.raises(InputError, match="first_noise_factor must be a number >= 0"):
+        MixtureSettings(first_noise_factor=-1)
 
 
 def test_polymorphs_compete_by_formula() -> None:
