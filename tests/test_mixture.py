@@ -144,6 +144,8 @@ def test_a_later_phase_must_stand_out_further_than_the_first(seed: int) -> None:
     assert any("σ of noise < 1e+06" in line for line in strict["why"]), strict["why"]
     with pytest.raises(InputError, match="first_noise_factor must be a number >= 0"):
         MixtureSettings(first_noise_factor=-1)
+    with pytest.raises(InputError, match="candidates, polymorphs and refine_best must be at least 1"):
+        MixtureSettings(polymorphs=0)
 
 
 def test_polymorphs_compete_by_formula() -> None:

@@ -181,6 +181,8 @@ class MixtureSettings:
                 raise InputError("mixture settings", f"{f.name} must be a number >= 0, got {value!r}")
         if not (self.axis_step > 0 and self.weight_floor > 0 and self.texture >= 1):
             raise InputError("mixture settings", "axis_step and weight_floor must be positive, texture at least 1")
+        if min(self.candidates, self.polymorphs, self.refine_best) < 1:  # 0 would silently find no phase
+            raise InputError("mixture settings", "candidates, polymorphs and refine_best must be at least 1")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MixtureSettings:
