@@ -142,10 +142,6 @@ def test_a_later_phase_must_stand_out_further_than_the_first(seed: int) -> None:
     strict = MixtureSearch(patterns, rows, MixtureSettings(noise_factor=1e6)).fit(X)[0]
     assert [p["id"] for p in strict["phases"]] == ["e2"], strict["why"]
     assert any("σ of noise < 1e+06" in line for line in strict["why"]), strict["why"]
-    with pytest.raises(InputError, match="first_noise_factor must be a number >= 0"):
-        MixtureSettings(first_noise_factor=-1)
-    with pytest.raises(InputError, match="candidates, polymorphs and refine_best must be at least 1"):
-        MixtureSettings(polymorphs=0)
 
 
 def test_polymorphs_compete_by_formula() -> None:
@@ -162,6 +158,10 @@ def test_bad_input_is_refused_in_one_line() -> None:
         MixtureSearch(patterns, rows).fit(np.ones((1, 100)))
     with pytest.raises(InputError, match="--max-phases: must be an integer of at least 1"):
         MixtureSettings(max_phases=0)
+    with pytest.raises(InputError, match="first_noise_factor must be a number >= 0"):
+        MixtureSettings(first_noise_factor=-1)
+    with pytest.raises(InputError, match="candidates, polymorphs and refine_best must be at least 1"):
+        MixtureSettings(polymorphs=0)
     with pytest.raises(InputError, match="min_share must be a number >= 0"):
         MixtureSettings(min_share=-1)
     flat = MixtureSearch(patterns, rows).fit(np.zeros(GRID.n_points))[0]
