@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,15 @@ def _phase(rng: np.random.Generator, cell: np.ndarray, lo: float = GRID.start + 
     return hkl, intensity * 100 / intensity.max(), cell
 
 
-def _library(seed: int, n: int = 10, lo: float = GRID.start + 1) -> tuple[PatternSet, list[dict[str, str]],
-                                                                          list[tuple[np.ndarray, ...]]]:
-    """``n`` random orthorhombic phases (cell, reflections above ``lo``) simulated as the simulate stage does."""
+def _library(seed: int, n: int = 10, lo: float = GRID.start + 1,
+             extra: list[tuple[np.ndarray, ...]] = ()) -> tuple[PatternSet, list[dict[str, str]],
+                                                              list[tuple[np.ndarray, ...]]]:
+    """``n`` random orthorhombic phases (cell, reflections above ``lo``), then the ``extra`` ones (reflections,
+    intensities, cell), simulated as the simulate stage does."""
     rng = np.random.default_rng(seed)
-    phases, profiles = [], []
-    for _ in range(n):
-        hkl, intensity, cell = _phase(rng, rng.uniform(3.5, 8.0, 3), lo)
-        phases.append((hkl, intensity, cell))
-        profiles.append(_draw(hkl, intensity, cell))
+    phases = [_phase(rng, rng.uniform(3.5, 8.0, 3), lo) for _ in range(n)] + list(extra)
+    n = len(phases)
+    profiles = [_draw(hkl, intensity, cell) for hkl, intensity, cell in phases]
     peak = np.array([p.max() for p in profiles])
     counts = [len(h) for h, _, _ in phases]
     patterns = PatternSet(
@@ -142,6 +143,26 @@ def test_a_later_phase_must_stand_out_further_than_the_first(seed: int) -> None:
     strict = MixtureSearch(patterns, rows, MixtureSettings(noise_factor=1e6)).fit(X)[0]
     assert [p["id"] for p in strict["phases"]] == ["e2"], strict["why"]
     assert any("σ of noise < 1e+06" in line for line in strict["why"]), strict["why"]
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_the_intensity_misfit_of_a_phase_is_not_a_second_phase(seed: int) -> None:
+    """A phase whose six strongest reflections are twice as strong as simulated (texture), and a library entry
+    made of those six alone: with the phase free to add intensity to its reflections the entry explains
+    nothing more, and is refused."""
+    patterns, rows, phases = _library(seed)
+    hkl, intensity, cell = phases[2]
+    strong = np.argsort(-intensity)[:6]
+    patterns, rows, phases = _library(seed, extra=[(hkl[strong], intensity[strong], cell)])
+    textured = intensity.copy()
+    textured[strong] *= 2
+    X = _measure([((hkl, textured, cell), 1.0, np.zeros(3))], seed)
+    loose = MixtureSettings(noise_factor=5, first_noise_factor=5, min_gain=0.01, min_share=0.01, texture=1)
+    fixed = MixtureSearch(patterns, rows, loose).fit(X)[0]
+    assert sorted(p["id"] for p in fixed["phases"]) == ["e10", "e2"], fixed["why"]
+    free = MixtureSearch(patterns, rows, replace(loose, free_noise_factor=20)).fit(X)[0]
+    assert [p["id"] for p in free["phases"]] == ["e2"], free["why"]
+    assert any("with free intensities for the others' reflections" in line for line in free["why"]), free["why"]
 
 
 def test_polymorphs_compete_by_formula() -> None:

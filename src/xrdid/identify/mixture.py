@@ -31,15 +31,19 @@ and mixtures"):
    of the misfit left (``1 − R_new² / R_old²``), lower ``‖√w r‖²`` by more than ``first_noise_factor``
    σ of counting noise for the first phase and ``noise_factor`` σ for a later one (σ from differences
    of points 4 apart, robust to peaks and to scans coarser than the grid; the factors are large
-   because texture and peak-shape misfits, not noise, leave most of a long scan's residual, and
-   those of the phases in grow with the counts: the profiles of measured laboratory scans set
-   ``noise_factor`` to 70, for on single-phase RRUFF patterns the second phases that passed 30 σ
-   were such misfits), explain ``min_share`` of the signal's intensity, and have its
-   peaks in the residual (``min_support``), and a cell strained by at most ``max_strain`` (DFT cells are
-   1–2 % off; every phase of the Dara scans that needed more was a look-alike of another formula): a
-   library phase that fits a few peaks of a phase absent from the library stays out, and those peaks
-   stay in the residual. When no screened candidate passes, ``max_phases`` is reached, or no residual
-   peak reaches ``min_peak`` of the maximum (XRD-AutoAnalyzer's rule), the search ends.
+   because texture and peak-shape misfits, not noise, leave most of a long scan's residual), and
+   with ``free_noise_factor`` set, by that many σ still when every phase already in may add
+   intensity to each of its strongest reflections (a Pawley-like freedom, non-negative least
+   squares): the intensity misfit of the phases in (texture, the structure's own errors) grows with
+   the counts, and a phase drawn on their peak positions would otherwise pass for a new one (the
+   profiles of measured laboratory scans set it to 60: on single-phase RRUFF patterns the second
+   phases that passed 30 σ were such misfits). It must also explain ``min_share`` of the signal's
+   intensity, have its peaks in the residual (``min_support``), and a cell strained by at most
+   ``max_strain`` (DFT cells are 1–2 % off; every phase of the Dara scans that needed more was a
+   look-alike of another formula): a library phase that fits a few peaks of a phase absent from the
+   library stays out, and those peaks stay in the residual. When no screened candidate passes,
+   ``max_phases`` is reached, or no residual peak reaches ``min_peak`` of the maximum
+   (XRD-AutoAnalyzer's rule), the search ends.
 4. **Review.** Each phase was judged against those found before it; judged again against all the
    others (as if added last) a phase the later ones make redundant is removed, the least missed first.
    Then a phase (not the best-supported one) whose confidence (below) is under ``min_confidence``
@@ -70,8 +74,8 @@ other phases: the margin ``m`` by which it beats its best substitute (``margin``
 The review drops phases with ``m / (m + 0.01)`` below ``min_confidence``; the reported
 ``confidence`` is the ``mixture`` stage's isotonic calibration of ``m`` on augmented mixtures (the
 probability that the phase's formula is right) when the search has one (``calibration``), else
-``m / (m + 0.01)``: on the 12-minute Dara scans 89 % of the phases above 0.75 of that are right,
-8 of the 11 below 0.5.
+``m / (m + 0.01)``: on the 12-minute Dara scans 91 % of the phases above 0.75 of that are right,
+8 of the 12 below 0.5.
 
 Examples
 --------
@@ -119,9 +123,7 @@ class MixtureSettings:
     max_phases : most phases per pattern.
     min_gain : a new phase must remove this share of the weighted misfit left (``1 − R_new² / R_old²``) ...
     noise_factor : ... by more than this many σ of counting noise (``√(Δ‖√w r‖² · floor) / σ``) ...
-    first_noise_factor : ... (this many for the first phase: the major phase only has to stand out of the
-        noise, a later one also out of the texture and peak-shape misfit of those before it, which grows
-        with the counts) ...
+    first_noise_factor : ... (this many for the first phase) ...
     min_share : ... explain this share of the signal's intensity ...
     min_support : ... and have its peaks in the residual: the mean over its peaks (above 10 % of its
         strongest) of min(1, residual / drawn) at least this.
@@ -143,6 +145,11 @@ class MixtureSettings:
     kalpha2 : I(Kα2) / I(Kα1) of a scan's doublet when the library was drawn at the mean Kα wavelength:
         per pattern, the first phase is refined with and without the doublet and the better fit decides
         for all phases (0: one line).
+    free_noise_factor : a later phase must also lower ``‖√w r‖²`` by this many σ when each phase already in
+        may add intensity to its ``free_reflections`` strongest reflections (the intensity misfit of texture
+        and of the structure, which grows with the counts and which a phase drawn on the others' peak
+        positions would fit); 0: not tested.
+    free_reflections : reflections per phase given that freedom.
     min_confidence : at the end, a phase (not the only one) whose margin ``m`` over its best substitute has
         ``m / (m + 0.01)`` below this is removed (the uncalibrated scale: calibration does not move the rule);
         0: never.
@@ -170,6 +177,8 @@ class MixtureSettings:
     refine_best: int = 2
     polish_steps: int = 0
     kalpha2: float = 0.5
+    free_noise_factor: float = 0.0
+    free_reflections: int = 40
     min_confidence: float = 0.05
 
     def __post_init__(self) -> None:
@@ -397,10 +406,10 @@ class MixtureSearch:
         model = np.zeros_like(y)
         r_factor, why, dropped = 1.0, [], []
 
-        def judge(rest: list[_Phase], new: _Phase, r_rest: float,
-                  residual: np.ndarray) -> tuple[list[_Phase], np.ndarray, float, str, str]:
+        def judge(rest: list[_Phase], new: _Phase, r_rest: float, residual: np.ndarray,
+                  free: bool = True) -> tuple[list[_Phase], np.ndarray, float, str, str]:
             """The fit of ``rest`` (R ``r_rest``, ``residual`` left) with ``new`` added (joint scales), its R,
-            and the acceptance rule's refusal ("": none)."""
+            and the acceptance rule's refusal ("": none); ``free`` False: not the free-intensity test (screening)."""
             r_factor = r_rest
             trial = [replace(p) for p in rest] + [new]  # a refused trial leaves the accepted scales alone
             self._scales(trial, y, weight)
@@ -419,7 +428,14 @@ class MixtureSearch:
                        f"explains {share:.1%} of the signal < {s.min_share:.0%}" if share < s.min_share else
                        f"only {support:.0%} of its intensity lies under the pattern < {s.min_support:.0%}"
                        if support < s.min_support else "")
-            note = (f"R {r_factor:.3f} → {new_r:.3f} ({z:.0f} σ), explains {share:.1%} of the signal, "
+            note_free = ""
+            if not refusal and free and rest and s.free_noise_factor > 0:
+                z_free = np.sqrt(self._free_gain(rest, new, y, weight) * floor) / sigma
+                if z_free < s.free_noise_factor:
+                    refusal = (f"with free intensities for the others' reflections its fit is {z_free:.0f} σ of noise "
+                               f"< {s.free_noise_factor:g}")
+                note_free = f", {z_free:.0f} σ with free intensities"
+            note = (f"R {r_factor:.3f} → {new_r:.3f} ({z:.0f} σ{note_free}), explains {share:.1%} of the signal, "
                     f"{support:.0%} of it under the pattern")
             return trial, trial_model, new_r, refusal, note
 
@@ -442,7 +458,7 @@ class MixtureSearch:
             screened = []
             for entry, shift in found:
                 quick = self._refine(self._start(entry, shift), residual, weight, s.screen_steps, orient=False)
-                trial, _, new_r, refusal, _ = judge(phases, quick, r_factor, residual)
+                trial, _, new_r, refusal, _ = judge(phases, quick, r_factor, residual, free=False)
                 screened.append((bool(refusal), new_r, entry, shift))
             screened.sort()
             accepted = None
@@ -587,6 +603,24 @@ class MixtureSearch:
         for p, c in zip(phases, nnls(A, y * root)[0]):
             p.scale = float(c)
 
+    def _free_gain(self, rest: list[_Phase], new: _Phase, y: np.ndarray, weight: np.ndarray) -> float:
+        """The drop of ``‖√w r‖²`` that ``new`` brings when each phase of ``rest`` may also add intensity to its
+        ``free_reflections`` strongest reflections (non-negative least squares over all the columns)."""
+        columns = [p.profile[:, None] for p in rest]
+        for p in rest:
+            peaks = self._peaks(p.entry)
+            if peaks is not None:
+                strong = np.argsort(-peaks.intensity, kind="stable")[: self.settings.free_reflections]
+                one = replace(peaks, q0=peaks.q0[strong], intensity=np.ones(len(strong)), terms=peaks.terms[strong],
+                              hkl=peaks.hkl[strong])
+                columns.append(self._draw(one, p.metric, p.width, separate=True)[0])
+        root = np.sqrt(weight)
+        A = np.hstack(columns) * root[:, None]
+        b = y * root
+        before = nnls(A, b, maxiter=50 * A.shape[1])[1] ** 2
+        after = nnls(np.column_stack([A, new.profile * root]), b, maxiter=50 * A.shape[1])[1] ** 2
+        return max(before - after, 0.0)
+
     def _peaks(self, entry: int) -> _Peaks | None:
         """An entry's reflections as the refinement draws them (cached); None without enough of them."""
         if entry not in self._peak_cache:
@@ -625,8 +659,9 @@ class MixtureSearch:
 
     def _draw(self, peaks: _Peaks, metric: np.ndarray, width: np.ndarray, jacobian: bool = False,
               direction: np.ndarray | None = None, texture: float = 1.0,
-              columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
-        """Reflections drawn on the grid as the library's (doublet, shape), with d/d(metric, width) if asked.
+              columns: slice = slice(None), separate: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Reflections drawn on the grid as the library's (doublet, shape), with d/d(metric, width) if asked;
+        ``separate``: one column per reflection, (n_points, n_reflections), and no derivatives.
 
         ``1/d² = q0 + terms·(metric − 1)``; FWHM² = W + U tan²θ with ``width`` = (√W, √U). Each peak
         is evaluated in a window of ±``_WINDOW`` FWHM and scattered with one ``bincount`` per column.
@@ -650,6 +685,8 @@ class MixtureSearch:
         ok = sin < 0.999
         lam, height, row, sin, d_height = lam[ok], height[ok], row[ok], sin[ok], d_height[ok]
         if not ok.any():  # every reflection beyond 2θ = 180°
+            if separate:
+                return np.zeros((grid.n_points, len(q))), None
             return np.zeros(grid.n_points), (np.zeros((grid.n_points, len(range(9)[columns]))) if jacobian else None)
         theta = np.arcsin(sin)
         position = np.degrees(2 * theta)
@@ -663,6 +700,10 @@ class MixtureSearch:
         shape, slope = _shape(u, self.shape, self.eta)
         amp = (height / fwhm)[:, None].astype(np.float32)
         flat = idx[inside]
+        if separate:  # each reflection (its Kα2 line too) in its own column
+            own = np.broadcast_to(row[:, None], inside.shape)[inside]
+            drawn = np.bincount(own * grid.n_points + flat, (amp * shape)[inside], len(q) * grid.n_points)
+            return drawn.reshape(len(q), grid.n_points).T, None
         f = np.bincount(flat, (amp * shape)[inside], grid.n_points)
         if not jacobian:
             return f, None
@@ -746,8 +787,7 @@ class _Search:
     def gains(self, residual: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per entry of ``rows``: the best drop of the weighted ‖residual‖² (axis row) and its shift in points."""
         windows = sliding_window_view(np.pad(self.weight * residual, self.m), len(residual))  # row j: moved by j - m
-        dots = windows @ self.owner.profiles[rows].T
-        gain = np.where(dots > 0, dots * dots / np.maximum(self.norms[:, rows], 1e-12), 0.0)
+        gain = _drop(windows @ self.owner.profiles[rows].T, self.norms[:, rows])
         best = gain.argmax(axis=0)
         return gain[best, np.arange(gain.shape[1])], best - self.m
 
@@ -776,6 +816,7 @@ class _Search:
         group = self.owner.group
         entries = [p.entry for p in phases]
         free = ~np.isin(group, group[entries])
+        norm = np.sqrt(float(self.weight @ (self.ya * self.ya)))
         for i, p in enumerate(phases):
             rest = sum((q.scale * q.profile for j, q in enumerate(phases) if j != i), np.zeros(self.owner.grid.n_points))
             residual = self.axis_row(self.y - rest)
@@ -784,13 +825,16 @@ class _Search:
             # cell the isotropic search cannot draw must not make a right phase look replaceable
             own = self.gains(residual, np.flatnonzero(group == group[p.entry]))[0].max()
             drawn = self.axis_row(p.profile)
-            dot = float((self.weight * residual) @ drawn)
-            own = max(own, dot * dot / max(float(self.weight @ (drawn * drawn)), 1e-12) if dot > 0 else 0.0)
+            own = max(own, float(_drop((self.weight * residual) @ drawn, self.weight @ (drawn * drawn))))
             other = self.gains(residual, np.flatnonzero(free))[0].max() if free.any() else 0.0
-            norm = np.sqrt(float(self.weight @ (self.ya * self.ya)))
-            margin = max(np.sqrt(max(base - other, 0)) - np.sqrt(max(base - own, 0)), 0.0) / norm
-            out[i] = margin
+            out[i] = max(np.sqrt(max(base - other, 0)) - np.sqrt(max(base - own, 0)), 0.0) / norm
         return out
+
+
+def _drop(dot: np.ndarray, norm2: np.ndarray) -> np.ndarray:
+    """How much ``‖√w r‖²`` drops when a profile ``p`` at its best non-negative scale is taken from ``r``:
+    ``max(r·Wp, 0)² / p·Wp`` from ``dot = r·Wp`` and ``norm2 = p·Wp``."""
+    return np.where(dot > 0, dot * dot / np.maximum(norm2, 1e-12), 0.0)
 
 
 # ---------------------------------------------------------------------- scattering power per unit mass
