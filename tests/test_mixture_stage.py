@@ -55,7 +55,8 @@ def test_measured_mixtures_are_scored_per_scan_and_a_bad_file_is_reported(regist
         writer.writeheader()
         writer.writerows(rows)
     params = yaml.safe_load(registered_pipeline["params"].read_text())
-    params["mixture"]["measured"] = {"labels": str(tmp_path / "labels.csv")}
+    # the library's entry of the second formula taken for another polymorph than the scanned one
+    params["mixture"]["measured"] = {"labels": str(tmp_path / "labels.csv"), "unmatched": [formulas[ids[1]]]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     assert main(["mixture", "--params", str(tmp_path / "p.yaml"), "--library", f"{d}/library", "--patterns",
                  f"{d}/patterns", "--augmented", str(tmp_path / "none"), "--out", str(tmp_path / "mixture"),
@@ -64,6 +65,9 @@ def test_measured_mixtures_are_scored_per_scan_and_a_bad_file_is_reported(regist
     assert measured["long"]["n"] == 2 and "short" not in measured
     assert len(measured["unreadable"]) == 1 and measured["unreadable"][0].startswith("missing.xy")
     assert measured["long"]["recall"] >= 0.5  # noiseless library profiles: at least the pure one is found
+    # scored again with the unmatched formula counted as absent: finding it is now a wrong phase
+    assert measured["long_matchable"]["n"] == 2 and "short_matchable" not in measured
+    assert measured["long_matchable"]["precision"] <= measured["long"]["precision"]
     assert (tmp_path / "plots" / "phases.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "mixture" / "mixture.json").read_text())["calibration"] is None
 
@@ -74,7 +78,9 @@ def test_measured_mixtures_are_scored_per_scan_and_a_bad_file_is_reported(regist
     assert main(["mixture", "--params", str(tmp_path / "p.yaml"), "--library", f"{d}/library", "--patterns",
                  f"{d}/patterns", "--augmented", str(tmp_path / "none"), "--out", str(tmp_path / "mixture"),
                  "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots"), "--no-progress"]) == 0
-    single = json.loads((tmp_path / "m.json").read_text())["measured"]["all"]
+    single = json.loads((tmp_path / "m.json").read_text())["measured"]
+    assert "all_matchable" not in single  # nothing unmatched
+    single = single["all"]
     assert single["n"] == 1 and single["recall"] == 1.0  # a noiseless pure pattern: its own formula
 
 

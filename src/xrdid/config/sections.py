@@ -519,9 +519,11 @@ class MatchSection(_Section):
 @dataclass(frozen=True)
 class MixtureMeasuredSection(EvaluateMeasuredSection):
     """``mixture.measured``: measured mixtures (``labels.csv``: pattern, phases[, phases_not_in_library, scan],
-    or pattern, cif for single-phase patterns)."""
+    or pattern, cif for single-phase patterns); ``unmatched``: formulas whose library entries are none of them
+    the measured polymorph (the scores are also given with those phases counted as absent)."""
 
     _key = "mixture.measured"
+    unmatched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

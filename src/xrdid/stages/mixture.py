@@ -9,7 +9,9 @@ substitute to the probability that its formula is right; the rest score the sear
 set, recall, precision by formula; weight-fraction error of the right phases) and the calibration
 (expected calibration error before and after). Measured mixtures (``mixture.measured.labels``:
 ``pattern``, ``phases`` joined by ``;``, optional ``phases_not_in_library`` and ``scan``) are scored
-the same way, per ``scan`` group; a file that cannot be read is reported and skipped.
+the same way, per ``scan`` group, and again (``<scan>_matchable``) with the ``measured.unmatched``
+formulas counted as absent (the library holds them only as other polymorphs); a file that cannot be
+read is reported and skipped.
 
 Writes ``--out/mixture.json`` (the settings, the calibration and every entry's scattering power per
 unit mass: what ``register_open`` puts in the identifier folder, so that a served model answers
@@ -209,9 +211,14 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength
     truth = [_expected(row, formula_of) for row in rows]
     out: dict[str, Any] = {"unreadable": errors}
     groups = sorted({row.get("scan") or "all" for row in rows})
+    # formulas the library holds only as other polymorphs: their peaks should stay unexplained too
+    matchable = [t - set(measured.unmatched) for t in truth]
     for group in groups:
         pick = [i for i, row in enumerate(rows) if (row.get("scan") or "all") == group]
         out[group.replace(" ", "_")] = _scores([results[i] for i in pick], [truth[i] for i in pick])
+        if measured.unmatched:
+            out[f"{group.replace(' ', '_')}_matchable"] = _scores([results[i] for i in pick],
+                                                                  [matchable[i] for i in pick])
     absent = [i for i, row in enumerate(rows) if row.get("phases_not_in_library")]
     if absent:
         out["with_phase_not_in_library"] = _scores([results[i] for i in absent], [truth[i] for i in absent])
