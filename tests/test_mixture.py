@@ -204,6 +204,8 @@ def test_bad_input_is_refused_in_one_line() -> None:
         MixtureSettings(polymorphs=0)
     with pytest.raises(InputError, match="min_share must be a number >= 0"):
         MixtureSettings(min_share=-1)
+    with pytest.raises(InputError, match="anisotropy must be below 0.5, got 1"):
+        MixtureSettings(anisotropy=1)
     flat = MixtureSearch(patterns, rows).fit(np.zeros(GRID.n_points))[0]
     assert flat["phases"] == [] and flat["why"] == ["no signal above the background"]
 

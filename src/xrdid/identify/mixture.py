@@ -198,6 +198,8 @@ class MixtureSettings:
                 raise InputError("mixture settings", f"{f.name} must be a number >= 0, got {value!r}")
         if not (self.axis_step > 0 and self.weight_floor > 0 and self.texture >= 1):
             raise InputError("mixture settings", "axis_step and weight_floor must be positive, texture at least 1")
+        if self.anisotropy >= 0.5:  # a cell axis 1 − anisotropy times as long must stay a cell
+            raise InputError("mixture settings", f"anisotropy must be below 0.5, got {self.anisotropy!r}")
         if min(self.candidates, self.polymorphs, self.refine_best) < 1:  # 0 would silently find no phase
             raise InputError("mixture settings", "candidates, polymorphs and refine_best must be at least 1")
 

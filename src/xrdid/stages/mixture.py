@@ -215,10 +215,10 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength
     matchable = [t - set(measured.unmatched) for t in truth]
     for group in groups:
         pick = [i for i, row in enumerate(rows) if (row.get("scan") or "all") == group]
-        out[group.replace(" ", "_")] = _scores([results[i] for i in pick], [truth[i] for i in pick])
+        key = group.replace(" ", "_")
+        out[key] = _scores([results[i] for i in pick], [truth[i] for i in pick])
         if measured.unmatched:
-            out[f"{group.replace(' ', '_')}_matchable"] = _scores([results[i] for i in pick],
-                                                                  [matchable[i] for i in pick])
+            out[f"{key}_matchable"] = _scores([results[i] for i in pick], [matchable[i] for i in pick])
     absent = [i for i, row in enumerate(rows) if row.get("phases_not_in_library")]
     if absent:
         out["with_phase_not_in_library"] = _scores([results[i] for i in absent], [truth[i] for i in absent])
