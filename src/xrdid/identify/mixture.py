@@ -239,53 +239,60 @@ class _Peaks:
 
 @dataclass
 class _Lines:
-    """An entry's lines drawn at one cell and peak width, before intensities: each line's window of the
-    unit-area peak shape (and of its slope and u × slope, for derivatives) is a column of a sparse matrix, so a
-    profile and each of its derivatives are one sparse product with per-line coefficients
-    (``d f / d position = −h/fwhm · slope``, ``d f / d fwhm = −h/fwhm · (shape + u·slope)``). The matrices' rows
-    are the grid's with ``pad`` rows before it and some after (windows reaching beyond it), cut off at the end."""
+    """An entry's lines (each reflection at each wavelength) drawn at one cell and peak width, before
+    intensities: each line's window of the unit-area peak shape (and of its slope and u × slope, for
+    derivatives) is a column of a sparse matrix, so a profile and each of its derivatives are one sparse
+    product with per-line coefficients. With ``a = ratio · intensity / fwhm`` a line's amplitude,
+    ``d f / d position = −a/fwhm · slope`` and ``d f / d fwhm = −a/fwhm · (shape + u·slope)``. The matrices'
+    rows are the grid's points with ``pad`` rows before them and, where windows reach past the grid's end,
+    some after: ``_cut`` keeps rows ``pad … pad + n_points``."""
 
-    row: np.ndarray  # each line's reflection
-    ratio: np.ndarray  # its share of the reflection's intensity (Kα1 1, Kα2 0.5)
+    reflection: np.ndarray  # each line's reflection
+    ratio: np.ndarray  # its share of the reflection's intensity (Kα1 1, Kα2 its ratio)
     fwhm: np.ndarray
     tan2: np.ndarray
     per_q: np.ndarray  # d position (degrees) / d(1/d²)
-    shape: sparse.csc_matrix  # (pad + n_points + ..., lines)
-    slope: sparse.csc_matrix | None
-    u_slope: sparse.csc_matrix | None
+    peak: sparse.csc_matrix  # (pad + n_points + ..., lines): the unit-area shape
+    peak_slope: sparse.csc_matrix | None  # its derivative by u (position in FWHM), when drawn with slopes
+    u_slope: sparse.csc_matrix | None  # u × that
     pad: int
     n_points: int
 
     def profile(self, intensity: np.ndarray) -> np.ndarray:
         """The pattern of reflections of these intensities."""
-        return self._cut(self.shape @ (self.ratio * intensity[self.row] / self.fwhm))
+        return self._cut(self.peak @ self._amplitude(intensity))
 
     def separate(self, intensity: np.ndarray) -> np.ndarray:
         """(n_points, n_reflections): each reflection (its Kα2 line too) in its own column."""
-        to_reflection = np.zeros((len(self.row), len(intensity)))
-        to_reflection[np.arange(len(self.row)), self.row] = self.ratio * intensity[self.row] / self.fwhm
-        return self._cut(self.shape @ to_reflection)
+        to_reflection = np.zeros((len(self.reflection), len(intensity)))
+        to_reflection[np.arange(len(self.reflection)), self.reflection] = self._amplitude(intensity)
+        return self._cut(self.peak @ to_reflection)
 
     def with_jacobian(self, intensity: np.ndarray, d_intensity: np.ndarray, terms: np.ndarray, width: np.ndarray,
                       columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """The profile and its derivatives by those of the nine parameters (six G* factors, √W, √U, texture) in
-        ``columns``; ``d_intensity``: the intensities' derivative by the texture."""
-        amp = self.ratio * intensity[self.row] / self.fwhm
+        ``columns``; ``d_intensity``: the intensities' derivative by the texture. The G* columns leave out the
+        width's change with θ (U·tan²θ): a Levenberg–Marquardt step needs no more."""
+        amp = self._amplitude(intensity)
         down = -amp / self.fwhm
         wanted = np.arange(9)[columns]
-        metric, widths = np.flatnonzero(wanted < 6), np.flatnonzero((wanted == 6) | (wanted == 7))
-        d_width = down[:, None] * np.column_stack([np.full(len(self.row), width[0]), width[1] * self.tan2])[
-            :, wanted[widths] - 6] / self.fwhm[:, None]
-        texture = [(self.ratio * d_intensity[self.row] / self.fwhm)[:, None]] if 8 in wanted else []
-        on_shape = np.hstack([amp[:, None], d_width, *texture])  # the columns f, the widths', the texture's
-        drawn = np.zeros((self.shape.shape[0], 1 + len(wanted)))
-        drawn[:, np.r_[0, 1 + widths, 1 + np.flatnonzero(wanted == 8)]] = self.shape @ on_shape
-        if len(metric):  # d q / d metric_k = terms_k
-            drawn[:, 1 + metric] = self.slope @ ((down * self.per_q)[:, None] * terms[self.row][:, wanted[metric]])
-        if len(widths):
-            drawn[:, 1 + widths] += self.u_slope @ d_width
+        cell_columns, width_columns = np.flatnonzero(wanted < 6), np.flatnonzero((wanted == 6) | (wanted == 7))
+        d_fwhm = np.column_stack([np.full(len(amp), width[0]), width[1] * self.tan2]) / self.fwhm[:, None]
+        d_width = down[:, None] * d_fwhm[:, wanted[width_columns] - 6]
+        texture = [self._amplitude(d_intensity)[:, None]] if 8 in wanted else []
+        on_peak = np.hstack([amp[:, None], d_width, *texture])  # the columns f, the widths', the texture's
+        drawn = np.zeros((self.peak.shape[0], 1 + len(wanted)))
+        drawn[:, np.r_[0, 1 + width_columns, 1 + np.flatnonzero(wanted == 8)]] = self.peak @ on_peak
+        if len(cell_columns):  # d q / d metric_k = terms_k
+            on_slope = (down * self.per_q)[:, None] * terms[self.reflection][:, wanted[cell_columns]]
+            drawn[:, 1 + cell_columns] = self.peak_slope @ on_slope
+        if len(width_columns):
+            drawn[:, 1 + width_columns] += self.u_slope @ d_width
         drawn = self._cut(drawn)
         return drawn[:, 0], drawn[:, 1:]
+
+    def _amplitude(self, intensity: np.ndarray) -> np.ndarray:
+        return self.ratio * intensity[self.reflection] / self.fwhm
 
     def _cut(self, drawn: np.ndarray) -> np.ndarray:
         return drawn[self.pad:self.pad + self.n_points]
@@ -621,7 +628,7 @@ class MixtureSearch:
         """The phase's cell (six G* factors within ``cell_freedom``), width and texture fitted to ``target``.
 
         Variable projection: the scale follows in closed form at every step (the non-negative least
-        squares of one column), and the Jacobian is analytic (one pass over the peaks' windows).
+        squares of one column), and the Jacobian is analytic (sparse products over the lines' windows).
         Texture: March–Dollase ``(r² cos²α + sin²α / r)^-3/2`` about the normal of one of the
         entry's strongest reflections or a reciprocal axis, the one whose best ``r`` fits best.
         ``orient`` False: no texture; ``polish``: a few steps from the phase's own cell, width and
@@ -641,6 +648,7 @@ class MixtureSearch:
                                           free))
 
         def project(f: np.ndarray, jac: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+            """A profile and its Jacobian as ``evaluate`` returns them, the scale projected out."""
             wf = weight * f
             ff = float(wf @ f)
             c = max(float(wf @ target) / ff, 0.0) if ff > 0 else 0.0
@@ -675,11 +683,11 @@ class MixtureSearch:
             r_lo, r_hi = 1 / self.settings.texture, self.settings.texture
             best = float(np.sum(evaluate(np.r_[x, 1.0], None, slice(0, 0))[0] ** 2))
             # r alone per direction, the cheap choice: the cell and width stay, so the lines' windows are drawn once
-            lines = self._lines(peaks, x[:6], x[6:8])
+            held = self._lines(peaks, x[:6], x[6:8])
 
             def textured(r: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
                 intensity, d_intensity = _march_dollase(peaks, direction, float(r[0]))
-                return project(lines.profile(intensity) / peaks.norm, lines.profile(d_intensity)[:, None] / peaks.norm)
+                return project(held.profile(intensity) / peaks.norm, held.profile(d_intensity)[:, None] / peaks.norm)
 
             for trial in _texture_directions(peaks):
                 r = _levenberg_marquardt(lambda v, t=trial: textured(v, t), np.ones(1), np.array([r_lo]),
@@ -735,7 +743,7 @@ class MixtureSearch:
                 g0 = np.linalg.lstsq(terms, q0, rcond=None)[0]  # G* of the simulated cell
                 G = np.array([[g0[0], g0[3], g0[4]], [g0[3], g0[1], g0[5]], [g0[4], g0[5], g0[2]]])
                 peaks = _Peaks(q0, intensity[keep], terms * g0, 1.0, h, G)
-                drawn = self._lines(peaks, np.ones(6), np.sqrt(self.width0), lines=self.library_lines)
+                drawn = self._lines(peaks, np.ones(6), np.sqrt(self.width0), wavelengths=self.library_lines)
                 peaks.norm = float(drawn.profile(peaks.intensity).max()) or 1.0  # scale 1: the library's profile
             self._peak_cache[entry] = peaks
         return self._peak_cache[entry]
@@ -760,7 +768,8 @@ class MixtureSearch:
         """Reflections drawn on the grid as the library's (doublet, shape), with d/d(metric, width, texture) if
         asked (``columns`` of those nine); ``separate``: one column per reflection, (n_points, n_reflections),
         and no derivatives."""
-        lines = self._lines(peaks, metric, width, jacobian)
+        slopes = jacobian and bool(np.any(np.arange(9)[columns] < 8))  # the texture's column needs none
+        lines = self._lines(peaks, metric, width, slopes)
         intensity, d_intensity = _march_dollase(peaks, direction, texture)
         if separate:
             return lines.separate(intensity), None
@@ -769,18 +778,18 @@ class MixtureSearch:
         return lines.with_jacobian(intensity, d_intensity, peaks.terms, width, columns)
 
     def _lines(self, peaks: _Peaks, metric: np.ndarray, width: np.ndarray, slopes: bool = False,
-               lines: list[tuple[float, float]] | None = None) -> _Lines:
-        """The entry's lines (each reflection at each of the (wavelength, ratio) ``lines``, default
+               wavelengths: list[tuple[float, float]] | None = None) -> _Lines:
+        """The entry's lines (each reflection at each (wavelength, ratio) of ``wavelengths``, default
         ``self.lines``) at G* components × ``metric`` and (√W, √U) ``width`` (FWHM² = W + U tan²θ),
         ``1/d² = q0 + terms·(metric − 1)``, each on the grid points within ±``_WINDOW`` of its own FWHM (a
         narrow low-angle peak does not pay for the broadest one)."""
         grid = self.grid
-        lines = self.lines if lines is None else lines
+        wavelengths = self.lines if wavelengths is None else wavelengths
         q = peaks.q0 + peaks.terms @ (metric - 1)
-        lam = np.repeat([w for w, _ in lines], len(q))
-        ratio = np.repeat([r for _, r in lines], len(q))
-        row = np.tile(np.arange(len(q)), len(lines))
-        sin = lam * np.sqrt(np.clip(q[row], 1e-12, None)) / 2
+        lam = np.repeat([w for w, _ in wavelengths], len(q))
+        ratio = np.repeat([r for _, r in wavelengths], len(q))
+        reflection = np.tile(np.arange(len(q)), len(wavelengths))
+        sin = lam * np.sqrt(np.clip(q[reflection], 1e-12, None)) / 2
         theta = np.arcsin(np.clip(sin, 0, 0.999))
         position = (np.degrees(2 * theta) - grid.start) / grid.step  # in grid points
         tan2 = np.tan(theta) ** 2
@@ -788,26 +797,24 @@ class MixtureSearch:
         reach = _WINDOW * fwhm / grid.step
         first, last = np.ceil(position - reach).astype(np.int64), np.floor(position + reach).astype(np.int64)
         keep = (sin < 0.999) & (last >= 0) & (first < grid.n_points)  # lines beyond 2θ = 180° or the grid: none
-        lam, ratio, row, theta, position, tan2, fwhm, first, last = (
-            a[keep] for a in (lam, ratio, row, theta, position, tan2, fwhm, first, last))
+        lam, ratio, reflection, theta, position, tan2, fwhm, first, last = (
+            a[keep] for a in (lam, ratio, reflection, theta, position, tan2, fwhm, first, last))
         pad = int(max(-first.min(), 0)) if len(first) else 0
         size = last - first + 1
         indptr = np.r_[0, np.cumsum(size)]
         line = np.repeat(np.arange(len(size)), size)
-        point = np.arange(indptr[-1])
-        start = indptr[:-1] - first - pad  # a window point's row is its index less its line's start
+        rows = np.arange(indptr[-1]) - indptr[:-1][line] + first[line] + pad  # grid point + pad
         # float32 over the windows: half the time of the exponentials, far below the fit's precision needs
-        u = ((point - (start + pad + position)[line]) * (grid.step / fwhm)[line]).astype(np.float32)
+        u = ((rows - pad - position[line]) * (grid.step / fwhm)[line]).astype(np.float32)
         shape, slope = _shape(u, self.shape, self.eta, slopes)
-        rows = (point - start[line]).astype(np.int32)
-        indptr = indptr.astype(np.int32)
+        rows, indptr = rows.astype(np.int32), indptr.astype(np.int32)  # int32: scipy need not scan them for a dtype
         n_rows = max(pad + grid.n_points, int(rows.max()) + 1 if len(rows) else 0)
 
         def windows(values: np.ndarray) -> sparse.csc_matrix:
-            return sparse.csc_matrix((values, rows, indptr), shape=(n_rows, len(size)))  # int32: not re-checked
+            return sparse.csc_matrix((values, rows, indptr), shape=(n_rows, len(size)))
 
-        per_q = np.degrees(lam / (2 * np.sqrt(q[row]) * np.cos(theta)))  # d position (degrees) / d q
-        return _Lines(row, ratio, fwhm, tan2, per_q, windows(shape), windows(slope) if slopes else None,
+        per_q = np.degrees(lam / (2 * np.sqrt(q[reflection]) * np.cos(theta)))  # d position (degrees) / d q
+        return _Lines(reflection, ratio, fwhm, tan2, per_q, windows(shape), windows(slope) if slopes else None,
                       windows(u * slope) if slopes else None, pad, grid.n_points)
 
     def _strained(self, profile: np.ndarray, strain: float) -> np.ndarray:
@@ -1002,7 +1009,7 @@ def _shape(u: np.ndarray, shape: str, eta: float, slope: bool = True) -> tuple[n
 def _levenberg_marquardt(evaluate: Any, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
     """Minimise ‖r(x)‖² within bounds; ``evaluate(x)`` returns (r, J, ...). Steps are clipped to the bounds.
 
-    A few parameters and thousands of points: the 8 × 8 normal equations cost nothing next to the
+    A few parameters and thousands of points: the 9 × 9 normal equations cost nothing next to the
     profile, where a general solver's SVD of the whole Jacobian would dominate.
     """
     x = np.clip(x, lo, hi)
