@@ -1026,7 +1026,7 @@ def _levenberg_marquardt(evaluate: Any, x: np.ndarray, lo: np.ndarray, hi: np.nd
         r_new, jac_new = evaluate(trial)[:2]
         new_cost = float(r_new @ r_new)
         if new_cost < cost:
-            done = cost - new_cost < 1e-4 * cost  # converged for the acceptance rule, whose margins are percents
+            done = cost - new_cost < 1e-4 * cost and damping <= 1e-2  # converged (a damped step is merely short)
             x, r, jac, cost, damping = trial, r_new, jac_new, new_cost, damping / 3
             if done:
                 break
