@@ -719,7 +719,7 @@ class MixtureSearch:
                 strong = np.argsort(-peaks.intensity, kind="stable")[: self.settings.free_reflections]
                 one = replace(peaks, q0=peaks.q0[strong], intensity=np.ones(len(strong)), terms=peaks.terms[strong],
                               hkl=peaks.hkl[strong])
-                columns.append(self._draw(one, p.metric, p.width, separate=True)[0])
+                columns.append(self._lines(one, p.metric, p.width).separate(one.intensity))  # a column each
         root = np.sqrt(weight)
         A = np.hstack(columns) * root[:, None]
         b = y * root
@@ -764,15 +764,12 @@ class MixtureSearch:
 
     def _draw(self, peaks: _Peaks, metric: np.ndarray, width: np.ndarray, jacobian: bool = False,
               direction: np.ndarray | None = None, texture: float = 1.0,
-              columns: slice = slice(None), separate: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+              columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
         """Reflections drawn on the grid as the library's (doublet, shape), with d/d(metric, width, texture) if
-        asked (``columns`` of those nine); ``separate``: one column per reflection, (n_points, n_reflections),
-        and no derivatives."""
+        asked (``columns`` of those nine)."""
         slopes = jacobian and bool(np.any(np.arange(9)[columns] < 8))  # the texture's column needs none
         lines = self._lines(peaks, metric, width, slopes)
         intensity, d_intensity = _march_dollase(peaks, direction, texture)
-        if separate:
-            return lines.separate(intensity), None
         if not jacobian:
             return lines.profile(intensity), None
         return lines.with_jacobian(intensity, d_intensity, peaks.terms, width, columns)
