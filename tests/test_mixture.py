@@ -226,6 +226,21 @@ def test_the_refined_profile_is_the_library_s_and_its_jacobian_analytic(seed: in
             assert_allclose(part[1], jac[:, columns])
 
 
+@pytest.mark.parametrize("seed", [1, 4])
+def test_the_chemistry_filter_keeps_phases_to_the_given_elements(seed: int) -> None:
+    """Restricted to the precursors' elements, the search finds the phases among those entries only."""
+    patterns, rows, phases = _library(seed)
+    search = MixtureSearch(patterns, rows)
+    X = _measure([(phases[2], 1.0, np.full(3, 0.005)), (phases[6], 0.6, np.zeros(3))], seed)  # Al2O3 + ZnO
+    found = search.restrict(["Al", "Zn", "O"]).fit(X)[0]
+    assert sorted(p["id"] for p in found["phases"]) == ["e2", "e6"], found["why"]
+    # ZnO ruled out by the chemist: its peaks stay unexplained, no entry of other elements takes them
+    found = search.restrict(["Al", "Mg", "O"]).fit(X)[0]
+    assert {p["formula"] for p in found["phases"]} <= {"Al2O3", "MgO"} and "e2" in {p["id"] for p in found["phases"]}
+    assert found["residual_share"] > 0.1
+    assert search.allowed.all()  # a restricted copy: the search itself stays whole
+
+
 def test_polymorphs_compete_by_formula() -> None:
     """Two entries of one formula: the right one is named, and the formula only once."""
     patterns, rows, phases = _library(4)

@@ -68,6 +68,8 @@ def test_measured_mixtures_are_scored_per_scan_and_a_bad_file_is_reported(regist
     # scored again with the unmatched formula counted as absent: finding it is now a wrong phase
     assert measured["long_matchable"]["n"] == 2 and "short_matchable" not in measured
     assert measured["long_matchable"]["precision"] <= measured["long"]["precision"]
+    # again with the chemistry filter of the rows' elements: never a phase of other elements
+    assert measured["long_elements"]["n"] == 2 and measured["long_elements"]["precision"] == 1.0
     assert (tmp_path / "plots" / "phases.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "mixture" / "mixture.json").read_text())["calibration"] is None
 
@@ -101,6 +103,14 @@ def test_the_registered_open_model_carries_the_mixture_spec_and_serves_phases(st
     assert "phases" not in model.predict(x[None] / x.max())[0]
     with pytest.raises(Exception, match="--max-phases: must be an integer of at least 1"):
         model.predict(x[None] / x.max(), params={"mixture": True, "max_phases": 0})
+    # the chemistry filter per request: answers and phases among the entries of those elements only
+    elements = read_index(store["dir"] / "library").set_index("id")["elements"]
+    known = " ".join(elements[patterns.ids[0]].split() + elements[patterns.ids[1]].split())
+    answer = model.predict(x[None] / x.max(), params={"mixture": True, "elements": known})[0]
+    allowed = {i for i in patterns.ids if set(elements[i].split()) <= set(known.split())}
+    assert {c["id"] for c in answer["candidates"]} <= allowed and {p["id"] for p in answer["phases"]} <= allowed
+    with pytest.raises(Exception, match="elements: Qq is not an element symbol"):
+        model.predict(x[None] / x.max(), params={"elements": "Qq"})
 
 
 def test_predict_report_shows_the_phases_and_their_stacked_plot(store: dict, tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def test_predict_report_structure(report: Path, store: dict) -> None:
     assert set(rows) == {"scan0.xy", "scan1.xy", "broken.xy"} and rows["broken.xy"]["badge"] == "error"
     assert all(re.fullmatch(r"[<>] 0\.\d+|0\.\d{3}", rows[n]["cells"][4].strip()) for n in ("scan0.xy", "scan1.xy"))
     text = " ".join(page.text)
-    assert "xrdid-default v1" in text and re.search(r"4 entries, sha256 [0-9a-f]{12}\b", text)
+    assert "xrdid-default v1" in text and re.search(r"4 library entries, sha256 [0-9a-f]{12}\b", text)
     assert "2θ 5–40° at CuKa (1.5418 Å)" in text
     assert len(html) < 20_000
 

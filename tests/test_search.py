@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -232,3 +233,58 @@ def test_for_library_uses_a_fresh_stored_index_and_rebuilds_a_stale_one(store: d
         other = LibraryIndex.for_library(data, SearchSettings(smooth=2.0))
     assert "stale" in caplog.text and other.settings.smooth == 2.0
     assert other.ids == stored.ids and not np.allclose(other.fine, stored.fine)
+
+
+def test_the_chemistry_filter_ranks_only_the_entries_of_those_elements() -> None:
+    """A chemist who knows the elements: the search ranks the entries made of them, conditioned on them."""
+    import pandas as pd
+
+    positions, heights, profiles = _library(4, 12)
+    formulas = ["FeO", "Fe2O3", "MgO", "Al2O3", "SiO2", "CaCO3", "ZnO", "TiO2", "NiO", "CuO", "FeS2", "Fe3O4"]
+    ps = PatternSet([f"e{i}" for i in range(12)], GRID, profiles.astype(np.float32), np.zeros(13, int),
+                    *[np.zeros(0)] * 2, np.zeros((0, 3)), np.zeros(0), np.zeros(0), {"ids": 12})
+    index = LibraryIndex.build(ps, pd.DataFrame({"id": ps.ids, "formula": formulas, "reduced_formula": formulas}))
+    ident = OpenIdentifier(None, [], GRID, {}, 0.05, novelty=None)
+    ident._attach(index, None)
+    row = render(positions[1], heights[1], GRID, 0.15)[None]
+    assert ident.restrict(["Fe", "O"]).identify(row, top=5)[0]["candidates"][0]["id"] == "e1"
+    ranked = ident.identify(row, top=20)[0]["candidates"]
+    assert {c["id"] for c in ranked} <= {"e0", "e1", "e11"}  # FeO, Fe2O3, Fe3O4: not FeS2, not the others
+    assert sum(c["probability"] for c in ranked) == pytest.approx(1.0, abs=1e-5)
+    # the right entry ruled out by the chemist: none of its elements' look-alikes of other chemistry come back
+    others = ident.restrict(["Mg", "Zn", "O"]).identify(row, top=5)[0]["candidates"]
+    assert {c["id"] for c in others} <= {"e2", "e6"}
+    assert {c["id"] for c in ident.restrict(required=["S"]).identify(row, top=5)[0]["candidates"]} == {"e10"}
+    with pytest.raises(InputError, match="no entry of the 12-entry library is made of Li, O only"):
+        ident.restrict(["Li", "O"])
+    ident.restrict()  # no filter: every entry again
+    assert ident.allowed is None and len(ident.identify(row, top=20)[0]["candidates"]) == 12
+
+
+def test_predict_takes_a_chemistry_filter(store: dict, tmp_path: Path, capsys) -> None:
+    """``--elements`` and ``--require-elements`` for the classifier and the open model; a bad symbol is refused."""
+    from _pipeline import scan_of
+
+    from xrdid.data.library import read_index
+
+    library = read_index(store["dir"] / "library").set_index("id")
+    ids = PatternSet.load(store["dir"] / "patterns").ids
+    scan = scan_of(tmp_path, store, entry=2)
+    own = library.loc[ids[2], "elements"].split()
+    other = next(e for e in sorted(set(" ".join(library["elements"]).split()) - set(own)))
+    for model in (f"models:/{store['registered']['name']}@champion", str(store["dir"] / "models_open")):
+        capsys.readouterr()
+        assert main(["predict", str(scan), "--model", model, "--json", "--elements", ",".join(own)]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["candidates"][0]["id"] == ids[2]
+        assert all(set(library.loc[c["id"], "elements"].split()) <= set(own) for c in result["candidates"])
+        assert main(["predict", str(scan), "--model", model, "--json", "--require-elements", other]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert all(other in library.loc[c["id"], "elements"].split() for c in result["candidates"])
+        assert result["candidates"][0]["id"] != ids[2]
+        assert main(["predict", str(scan), "--model", model, "--elements", ",".join(own)]) == 0
+        header = capsys.readouterr().out.splitlines()[0]
+        assert re.search(r"\(\d+ of \d+ library entries pass the chemistry filter\)", header), header
+        assert main(["predict", str(scan), "--model", model, "--elements", "Fe,Qq"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--elements: Qq is not an element symbol" in err

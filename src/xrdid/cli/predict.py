@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xrdid.errors import InputError, printable
+from xrdid.identify.chemistry import parse_elements
 from xrdid.identify.explain import (
     grad_cam,
     html_report,
@@ -67,6 +68,11 @@ def add_predict(p: argparse.ArgumentParser) -> None:
                    help="also name every phase of a multi-phase sample with its weight fraction and confidence "
                         "(JSON: \"phases\", \"residual_share\"; needs the library's simulated patterns)")
     p.add_argument("--max-phases", type=int, default=4, help="with --mixture: most phases per file (default 4)")
+    p.add_argument("--elements", metavar="LIST",
+                   help="chemistry filter: rank only the library entries made of these elements, e.g. 'Fe,C,O,H' "
+                        "(list every element the samples may hold, light ones too: EDS does not see H or Li)")
+    p.add_argument("--require-elements", metavar="LIST",
+                   help="chemistry filter: rank only the entries that hold every one of these elements")
     add_progress(p)
     p.set_defaults(func=_predict)
 
@@ -90,7 +96,13 @@ def _predict(args: argparse.Namespace) -> int:
             raise InputError(args.library, f"--library needs an open-library model (xrdid match); {args.model} is "
                                            f"a classifier of the {len(identifier.library)} entries it was trained on")
         identifier.use_library(args.library)
-    mixture = _mixture(identifier, args) if args.mixture else None
+    entries = f"{len(identifier.library)} library entries"
+    chemistry = parse_elements(args.elements), parse_elements(args.require_elements, "--require-elements")
+    if any(chemistry):
+        identifier.restrict(*chemistry)
+        kept = len(identifier.library) if identifier.allowed is None else int(identifier.allowed.sum())
+        entries = f"{kept} of {entries} pass the chemistry filter"
+    mixture = _mixture(identifier, args).restrict(*chemistry) if args.mixture else None
     files = expand_inputs(args.inputs)
     if not files:
         raise InputError(args.inputs[0], "no measured pattern files found")
@@ -106,7 +118,7 @@ def _predict(args: argparse.Namespace) -> int:
         if not args.json:
             tqdm.write(text, file=sys.stdout)
 
-    say(f"model {model} ({len(identifier.library)} library entries) · {conditions}")
+    say(f"model {model} ({entries}) · {conditions}")
     failed = 0
     summary = []
     results = identifier.predict_files(files, args.top, progress=progress,
@@ -148,7 +160,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.report:
         p = identifier.provenance
         meta = {"model": model, "conditions": conditions,
-                "library": f"{len(identifier.library)} entries, sha256 {p.get('library_sha256', '')[:12]}",
+                "library": f"{entries}, sha256 {p.get('library_sha256', '')[:12]}",
                 "temperature": f"{identifier.temperature:.2f}",
                 "flagged": f"{flagged} of {len(summary)} files not in the library?"}
         html_report(summary, args.report, meta=meta, names=names)

@@ -37,6 +37,7 @@ from xrdid.config import Grid
 from xrdid.data.library import material_groups
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import element_mask
 from xrdid.identify.evidence import PeakRule, peak_evidence, unexplained_message
 from xrdid.learn.calibration import NoveltyRule, novelty_evidence
 from xrdid.learn.models import load_model, read_metadata
@@ -119,6 +120,8 @@ class Identifier:
     folder : where the identifier lives (its ``patterns/`` serve explanations).
     peak_rule : when the measured strongest peaks count as explained by the top candidate's
         reflections (:mod:`xrdid.identify.evidence`); None skips the check.
+    allowed : bool per library entry, the entries a chemistry filter leaves (:meth:`restrict`);
+        None: all.
     """
 
     model: Any
@@ -130,12 +133,36 @@ class Identifier:
     novelty: dict[str, Any] | None = None
     folder: Path | None = None
     peak_rule: PeakRule | None = field(default_factory=PeakRule)
+    allowed: np.ndarray | None = field(default=None, repr=False)
     _profiles: np.ndarray | None = field(default=None, repr=False)
     _patterns: Any = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:
         return [row["id"] for row in self.library]
+
+    def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> Identifier:
+        """Rank only the entries made of ``elements`` (any when empty) that hold every one of ``required``.
+
+        A chemist who knows a sample's elements (from its synthesis, XRF or EDS) searches only the
+        entries that can be it, as the chemistry filter of a classical search-match program; the
+        probabilities are then conditioned on the answer being one of them. Returns the identifier.
+
+        Examples
+        --------
+        >>> ident.restrict(["Fe", "C", "O"]).identify(X)  # doctest: +SKIP
+        """
+        elements, required = frozenset(elements), frozenset(required)
+        if not self.library:
+            raise InputError("--library", "this model carries no library to restrict: give one with --library DIR")
+        mask = element_mask(self.library, elements, required)
+        if not mask.any():
+            wanted = (f"made of {', '.join(sorted(elements))} only" if elements else "") + \
+                     (" and " if elements and required else "") + \
+                     (f"holding {', '.join(sorted(required))}" if required else "")
+            raise InputError("--elements", f"no entry of the {len(mask)}-entry library is {wanted}")
+        self.allowed = None if mask.all() else mask
+        return self
 
     # ------------------------------------------------------------------ building and storing
 
@@ -257,6 +284,7 @@ class Identifier:
         """Calibrated class probabilities (n, n_classes) of rows on the grid.
 
         Rows are shifted to a zero minimum and divided by their maximum first, as in training.
+        Entries a chemistry filter leaves out (:meth:`restrict`) get 0, the others share 1.
         """
         import torch
 
@@ -272,6 +300,9 @@ class Identifier:
             for start in range(0, len(X), batch_size):
                 logits = self.model(torch.from_numpy(X[start:start + batch_size]))
                 out[start:start + batch_size] = torch.softmax(logits / self.temperature, dim=1).numpy()
+        if self.allowed is not None:  # conditioned on the answer passing the chemistry filter
+            out *= self.allowed
+            out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-30)
         return out
 
     def rank(self, X: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
@@ -284,15 +315,19 @@ class Identifier:
         Entries of one material (see :func:`xrdid.data.library.material_groups`) are ranked as one
         candidate: its most probable entry's id, the group's summed probability, and the other
         entries under ``aliases``. A candidate whose structure has overlapping atoms (library
-        ``overlaps``) carries ``"unreliable_intensities": True``.
+        ``overlaps``) carries ``"unreliable_intensities": True``. Materials a chemistry filter
+        (:meth:`restrict`) leaves out are never candidates.
         """
         groups, members = self._materials()
         from scipy import sparse
 
         membership = sparse.csr_matrix((np.ones(len(groups)), (np.arange(len(groups)), groups)))
         grouped = np.asarray((membership.T @ probs.T).T)  # each material's summed probability
-        top = max(1, min(int(top), len(members)))
-        order = np.argsort(-grouped, axis=1, kind="stable")[:, :top]
+        # a material's entries share its reduced formula, so the filter keeps all of them or none
+        kept = np.ones(len(members), bool) if self.allowed is None else np.bincount(groups, self.allowed,
+                                                                                    len(members)) > 0
+        top = max(1, min(int(top), int(kept.sum())))
+        order = np.argsort(np.where(kept, -grouped, np.inf), axis=1, kind="stable")[:, :top]
         ranked = []
         for p, g, row in zip(probs, grouped, order):
             candidates = []

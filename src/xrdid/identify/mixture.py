@@ -90,9 +90,10 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,7 @@ from scipy.optimize import nnls
 from scipy.signal import find_peaks
 
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import element_mask
 from xrdid.xrd.diffraction import KALPHA2_RATIO, intensity_per_mass, wilson_intensity
 from xrdid.xrd.measured import wavelength_angstrom
 from xrdid.xrd.preprocess import rolling_background
@@ -365,6 +367,7 @@ class MixtureSearch:
         n = len(self.ids)
         if n == 0:
             raise InputError("library", "no simulated patterns to search")
+        self.allowed = np.ones(n, bool)  # the entries a phase and its substitutes may be (:meth:`restrict`)
         self.axis = StrainAxis.from_grid(self.grid, s.axis_step)
         # search rows: variant × n + entry, the first n the library's profiles (the cells: _axis_variants)
         self.variants = _axis_variants(s.anisotropy)
@@ -374,7 +377,8 @@ class MixtureSearch:
             rows = np.asarray(patterns.profiles[start:start + chunk], np.float32)
             self.area[start:start + chunk] = rows.sum(axis=1) * self.grid.step
             self.profiles[start:start + len(rows)] = self._smooth(self.axis.resample(rows, self.grid))
-        self.formulas = _formulas(library, self.ids)
+        self.rows = _rows(library, self.ids)
+        self.formulas = _formulas(self.rows, self.ids)
         _, self.group = np.unique(self.formulas, return_inverse=True)
         meta = patterns.meta or {}
         self.wavelength = float(meta.get("reflection_wavelength_angstrom")
@@ -445,6 +449,18 @@ class MixtureSearch:
         return cls(patterns, identifier.library, settings, crystals, spec.get("intensity_per_mass"),
                    (calibration["margin"], calibration["probability"]) if calibration else None)
 
+    def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> MixtureSearch:
+        """A shallow copy that searches only the entries made of ``elements`` (any when empty) and holding
+        every one of ``required`` (:func:`~xrdid.data.library.element_mask`; the chemistry filter of
+        :meth:`Identifier.restrict <xrdid.identify.identifier.Identifier.restrict>`).
+
+        Phases and their substitutes (the confidence's margins) are then drawn from those entries only:
+        a chemist who knows the precursors' elements rules out look-alikes of other chemistry.
+        """
+        search = copy.copy(self)
+        search.allowed = element_mask(self.rows, elements, required)
+        return search
+
     # ------------------------------------------------------------------ fitting
 
     def fit(self, X: np.ndarray, covered: np.ndarray | None = None, profiles: bool = False) -> list[dict[str, Any]]:
@@ -488,7 +504,7 @@ class MixtureSearch:
         search = _Search(self, y, covered)
         self.lines = self.library_lines
         if self.doublet_lines is not None:  # does the scan hold Kα2? the strongest entry fitted both ways decides
-            first = search.candidates(y, np.ones(len(self.ids), bool), 1)
+            first = search.candidates(y, self.allowed, 1)
             if first:
                 costs = []
                 for self.lines in (self.library_lines, self.doublet_lines):
@@ -542,7 +558,7 @@ class MixtureSearch:
                 break
             # a formula in the fit, or one the joint fit dropped, is not tried again
             used = [p.entry for p in phases] + dropped
-            found = search.candidates(residual, ~np.isin(self.group, self.group[used]), s.candidates)
+            found = search.candidates(residual, self.allowed & ~np.isin(self.group, self.group[used]), s.candidates)
             if not found:
                 why.append("stopped: no library entry fits the residual")
                 break
@@ -914,7 +930,7 @@ class _Search:
             return out
         group = self.owner.group
         entries = [p.entry for p in phases]
-        free = ~np.isin(group, group[entries])
+        free = self.owner.allowed & ~np.isin(group, group[entries])
         norm = np.sqrt(float(self.weight @ (self.ya * self.ya)))
         for i, p in enumerate(phases):
             rest = sum((q.scale * q.profile for j, q in enumerate(phases) if j != i), np.zeros(self.owner.grid.n_points))
@@ -922,7 +938,7 @@ class _Search:
             base = float(self.weight @ (residual * residual))
             # the phase as fitted (refined cell, width, texture) or any polymorph strained isotropically: a refined
             # cell the isotropic search cannot draw must not make a right phase look replaceable
-            own = self.gains(residual, np.flatnonzero(group == group[p.entry]))[0].max()
+            own = self.gains(residual, np.flatnonzero((group == group[p.entry]) & self.owner.allowed))[0].max()
             drawn = self.axis_row(p.profile)
             own = max(own, float(_drop((self.weight * residual) @ drawn, self.weight @ (drawn * drawn))))
             other = self.gains(residual, np.flatnonzero(free))[0].max() if free.any() else 0.0
@@ -967,15 +983,19 @@ def _wilson_per_mass(formula: str, wavelength: float, two_theta: tuple[float, fl
         return 1.0
 
 
-def _formulas(library: pd.DataFrame | Sequence[Mapping[str, Any]] | None, ids: list[str]) -> np.ndarray:
-    """Each entry's reduced formula (its id when the library says nothing)."""
+def _rows(library: pd.DataFrame | Sequence[Mapping[str, Any]] | None, ids: list[str]) -> list[dict[str, Any]]:
+    """Each entry's library row ({} when the library says nothing of it)."""
     if library is None:
-        return np.array(ids, dtype=object)
+        return [{} for _ in ids]
     records = library.to_dict("records") if hasattr(library, "to_dict") else list(library)
-    by_id = {str(r.get("id")): r for r in records}
+    by_id = {str(r.get("id")): dict(r) for r in records}
+    return [by_id.get(entry, {}) for entry in ids]
+
+
+def _formulas(rows: Sequence[Mapping[str, Any]], ids: list[str]) -> np.ndarray:
+    """Each entry's reduced formula (its id when its row says nothing)."""
     out = []
-    for entry in ids:
-        row = by_id.get(entry, {})
+    for entry, row in zip(ids, rows):
         formula = str(row.get("reduced_formula") or "")
         if not formula and row.get("formula"):
             from pymatgen.core import Composition

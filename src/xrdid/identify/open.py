@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ class OpenIdentifier(Identifier):
     index: LibraryIndex | None = None
     search: SearchSettings = field(default_factory=SearchSettings)
     patterns_dir: Path | None = None
+    _restricted: tuple[np.ndarray, LibraryIndex] | None = field(default=None, repr=False)  # rows, their index
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> OpenIdentifier:
@@ -138,7 +139,15 @@ class OpenIdentifier(Identifier):
 
     def _attach(self, index: LibraryIndex, patterns_dir: Path | None) -> None:
         self.index, self.library, self.patterns_dir = index, index.rows, patterns_dir
-        self._patterns = self._profiles = None
+        self._patterns = self._profiles = self.allowed = self._restricted = None
+
+    def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> OpenIdentifier:
+        """As :meth:`Identifier.restrict`; the search runs over the entries left only."""
+        super().restrict(elements, required)
+        assert self.index is not None  # the base refuses an empty library
+        self._restricted = None if self.allowed is None else (np.flatnonzero(self.allowed),
+                                                             self.index.subset(self.allowed))
+        return self
 
     def detach(self) -> OpenIdentifier:
         if self.patterns_dir is not None and self.patterns_dir.is_dir():
@@ -151,7 +160,12 @@ class OpenIdentifier(Identifier):
     def matches(self, X: np.ndarray, covered: np.ndarray | None = None) -> Matches:
         if self.index is None:
             raise InputError("--library", "this open-library model carries no library: give one with --library DIR")
-        return self.index.search(X, covered)
+        if self._restricted is None:
+            return self.index.search(X, covered)
+        rows, index = self._restricted
+        found = index.search(X, covered)
+        found.rows = rows[found.rows]
+        return found
 
     def probabilities(self, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Probabilities (n, n_entries): the candidates' softmax, zero elsewhere."""

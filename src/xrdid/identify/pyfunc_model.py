@@ -8,7 +8,10 @@ per row, candidates best first (``evidence``: :func:`xrdid.identify.evidence.pea
 the parameter ``top`` (default 5) sets how many. With the parameter ``mixture`` (true) each
 answer also carries ``phases`` (``id``, ``formula``, ``weight_fraction``, ``confidence``, ...,
 best first) and ``residual_share``, found by :class:`xrdid.identify.mixture.MixtureSearch` over
-the library the model carries (``max_phases``, default 4, bounds them).
+the library the model carries (``max_phases``, default 4, bounds them). The parameters
+``elements`` and ``require_elements`` (comma-separated symbols, e.g. ``"Fe,C,O"``) are the chemistry
+filter of ``xrdid predict --elements / --require-elements``: only the entries made of those elements
+and holding these are ranked, and may be phases.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import parse_elements
 from xrdid.identify.identifier import check_top
 from xrdid.identify.mixture import MixtureSearch
 from xrdid.identify.open import load_folder
@@ -51,12 +55,16 @@ class IdentifierModel(PythonModel):
             X = np.atleast_2d(np.asarray(getattr(model_input, "values", model_input), dtype=np.float32))
             if X.size == 0:
                 raise ValueError("no patterns given")
-            answers = self.identifier.identify(X, None, top)
+            identifier = self.identifier
+            elements, required = (parse_elements(params.get(k), k) for k in ("elements", "require_elements"))
+            if elements or required:  # a copy restricted for this request: the loaded model stays whole
+                identifier = copy.copy(identifier).restrict(elements, required)
+            answers = identifier.identify(X, None, top)
             if params.get("mixture"):
                 if self._mixture is None:
                     self._mixture = MixtureSearch.for_identifier(self.identifier)
-                # a shallow copy with this request's limit (the settings check it, with the CLI's message)
-                search = copy.copy(self._mixture)
+                # a shallow copy with this request's filter and limit (the settings check it, with the CLI's message)
+                search = self._mixture.restrict(elements, required)
                 search.settings = replace(search.settings, max_phases=params.get("max_phases", 4))
                 for answer, found in zip(answers, search.fit(X)):
                     answer.update(phases=found["phases"], residual_share=found["residual_share"])

@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
 FLOAT32_BUDGET = 2**30  # bytes: a loaded index keeps its fit vectors as float32 up to this size
-_ROW_COLUMNS = ("id", "formula", "reduced_formula", "spacegroup", "refcode", "overlaps", "source")  # for answers
+_ROW_COLUMNS = ("id", "formula", "reduced_formula", "spacegroup", "refcode", "overlaps", "source",
+                "elements")  # for answers and the chemistry filter
 
 
 @dataclass(frozen=True)

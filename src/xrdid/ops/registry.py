@@ -67,7 +67,8 @@ def log_identifier_folder(folder: str | Path, grid: Grid, input_example: np.ndar
                           name: str = "model") -> str:
     """Log an identifier folder (a classifier's or an open-library one) as an MLflow pyfunc model; its URI.
 
-    Its signature takes ``(n, n_points)`` float32 patterns on ``grid`` and a ``top`` parameter.
+    Its signature takes ``(n, n_points)`` float32 patterns on ``grid`` and the parameters ``top``,
+    ``mixture``, ``max_phases`` and the chemistry filter's ``elements`` and ``require_elements``.
     """
     import mlflow
     from mlflow.models.signature import ModelSignature
@@ -81,7 +82,8 @@ def log_identifier_folder(folder: str | Path, grid: Grid, input_example: np.ndar
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, grid.n_points))]),
         params=ParamSchema([ParamSpec("top", "long", 5), ParamSpec("mixture", "boolean", False),
-                            ParamSpec("max_phases", "long", 4)]),
+                            ParamSpec("max_phases", "long", 4), ParamSpec("elements", "string", ""),
+                            ParamSpec("require_elements", "string", "")]),
     )
     example = np.zeros((1, grid.n_points), np.float32) if input_example is None else input_example
     with tempfile.TemporaryDirectory(prefix="xrdid-log-") as tmp:

@@ -9,7 +9,9 @@ patterns are scored at the material level (their CIF or any id of a ``mp_matches
 the open-library identifier, the cosine search-match (smoothing ``baseline_smooth``, 0.3°: the
 best on the development patterns) and, with ``--classifier``, the CNN; with
 ``match.alone_source`` also against the entries of that source alone, where patterns whose
-material has no entry there must be flagged "not in library".
+material has no entry there must be flagged "not in library". The row ``open_elements`` is the
+open-library identifier with the chemistry filter a chemist who knows the sample's elements sets
+(``xrdid predict --elements``): only entries made of the elements of the pattern's CIF are ranked.
 
 Writes the identifier folder (``--out``), ``--metrics`` (JSON) and ``--plots`` (``topk.csv``).
 """
@@ -33,6 +35,7 @@ from xrdid.data.library import Library
 from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import element_mask, entry_elements
 from xrdid.identify.open import OpenIdentifier
 from xrdid.identify.search import LibraryIndex, SearchSettings, matches_truth
 from xrdid.learn.baselines import search_match
@@ -93,9 +96,8 @@ def run(params: Mapping[str, Any], library_dir: str | Path, patterns_dir: str | 
 
     test = _measured(params, index)
     if test is not None:
-        test_set, truths, source = test
-        metrics.update(_score_measured(params, index, patterns, test_set, truths, unseen, classifier,
-                                       temperature, min_score, source))
+        metrics.update(_score_measured(params, index, patterns, *test, unseen=unseen, classifier=classifier,
+                                       temperature=temperature, min_score=min_score))
     metrics["seconds"] = round(time.perf_counter() - start, 1)
 
     novelty = {"min_score": min_score, "false_flag_rate": float(m.get("false_flag_rate", 0.05))}
@@ -111,8 +113,10 @@ def _topk(found: np.ndarray, truth: Sequence[set[int]]) -> dict[str, float]:
     return {f"top{k}": round(float(matches_truth(found, truth, k).mean()), 4) for k in KS} | {"n": len(truth)}
 
 
-def _measured(params: Mapping[str, Any], index: LibraryIndex) -> tuple[MeasuredSet, list[set[int]], list[str]] | None:
-    """The measured test set with each pattern's right rows (its CIF and its ``mp_matches``)."""
+def _measured(params: Mapping[str, Any], index: LibraryIndex
+              ) -> tuple[MeasuredSet, list[set[int]], list[str], list[frozenset[str]]] | None:
+    """The measured test set with each pattern's right rows (its CIF and its ``mp_matches``), the library's
+    sources and each pattern's elements (those of its CIF's entry, else of the labels' ``formula``)."""
     test = MeasuredSet.from_params(params, index.ids, index.grid, progress=False)
     if test is None:
         return None
@@ -120,18 +124,22 @@ def _measured(params: Mapping[str, Any], index: LibraryIndex) -> tuple[MeasuredS
     with open(labels, newline="") as handle:
         rows = {row["pattern"]: row for row in csv.DictReader(handle)}
     pos = {entry: i for i, entry in enumerate(index.ids)}
-    truths = []
+    truths, elements = [], []
     for file in test.files:
         row = rows[file]
         names = [Path(row["cif"]).stem, *re.split(r"[;,\s]+", (row.get("mp_matches") or "").strip())]
         truths.append({pos[name] for name in names if name in pos})
-    return test, truths, [row.get("source", "") for row in index.rows]
+        own = pos.get(Path(row["cif"]).stem)
+        elements.append(entry_elements(index.rows[own] if own is not None else row))
+    return test, truths, [row.get("source", "") for row in index.rows], elements
 
 
 def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: PatternSet, test: MeasuredSet,
-                    truths: list[set[int]], unseen: np.ndarray, classifier: str | Path | None,
-                    temperature: float, min_score: float, sources: list[str]) -> dict[str, Any]:
-    """Top-1..5 on the measured patterns: open identifier, cosine search-match, CNN; seen/unseen; alone."""
+                    truths: list[set[int]], sources: list[str], elements: list[frozenset[str]], *,
+                    unseen: np.ndarray, classifier: str | Path | None, temperature: float,
+                    min_score: float) -> dict[str, Any]:
+    """Top-1..5 on the measured patterns: open identifier (also with the chemistry filter), cosine
+    search-match, CNN; seen/unseen; alone."""
     smooth = float((params.get("match") or {}).get("baseline_smooth", 0.3))
     mat = np.unique([row["material"] for row in index.rows], return_inverse=True)[1]
     have = np.array([bool(t) for t in truths])
@@ -140,7 +148,8 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
     found = index.search(test.X, test.covered, top=max(KS))
     profiles = np.asarray(patterns.profiles)
     cosine = search_match(test.X, test.covered, profiles, index.grid, smooth)
-    methods = {"open": found.rows, f"search_match_{smooth:g}": _grouped_order(cosine, mat)}
+    methods = {"open": found.rows, "open_elements": _search_by_elements(index, test, elements),
+               f"search_match_{smooth:g}": _grouped_order(cosine, mat)}
     if classifier:
         from xrdid.learn.inference import predict_logits
         from xrdid.learn.models import load_model, read_metadata
@@ -176,12 +185,31 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
         tm = [{int(sub_mat[i]) for i in t} for t, ok in zip(truth_sub, matchable) if ok]
         cos = search_match(test.X[matchable], test.covered[matchable], profiles[pick], index.grid, smooth)
         ident._attach(sub, None)
+        by_elements = _search_by_elements(sub, test.subset(matchable), [e for e, ok in zip(elements, matchable) if ok])
         out["measured_alone"] = {
             "open": _topk(sub_mat[f.rows], tm),
+            "open_elements": _topk(sub_mat[by_elements], tm),
             f"search_match_{smooth:g}": _topk(sub_mat[_grouped_order(cos, sub_mat)], tm),
             "flagged_unmatchable": _flag_rate(ident, test, np.flatnonzero(~matchable), patterns),
             "flagged_matchable": _flag_rate(ident, test, np.flatnonzero(matchable), patterns),
         }
+    return out
+
+
+def _search_by_elements(index: LibraryIndex, test: MeasuredSet, elements: Sequence[frozenset[str]],
+                        k: int = max(KS)) -> np.ndarray:
+    """Rows of each pattern's ``k`` best entries among those made of its ``elements`` only (the chemistry
+    filter), best first; a pattern with fewer such entries repeats its last one (none at all: row 0)."""
+    out = np.zeros((len(test.X), k), np.int64)
+    groups: dict[frozenset[str], list[int]] = {}
+    for q, e in enumerate(elements):
+        groups.setdefault(e, []).append(q)
+    for allowed, pick in groups.items():
+        keep = element_mask(index.rows, allowed)
+        if not keep.any():
+            continue
+        rows = np.flatnonzero(keep)[index.subset(keep).search(test.X[pick], test.covered[pick], top=k).rows]
+        out[pick] = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), mode="edge")
     return out
 
 

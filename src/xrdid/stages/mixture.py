@@ -11,7 +11,9 @@ set, recall, precision by formula; weight-fraction error of the right phases) an
 ``pattern``, ``phases`` joined by ``;``, optional ``phases_not_in_library`` and ``scan``) are scored
 the same way, per ``scan`` group, and again (``<scan>_matchable``) with the ``measured.unmatched``
 formulas counted as absent (the library holds them only as other polymorphs); a file that cannot be
-read is reported and skipped.
+read is reported and skipped. The ``<scan>_elements`` groups score the search again with the chemistry
+filter a chemist who knows the precursors sets (``xrdid predict --elements``): only entries made of the
+elements of the row's phases (those not in the library too; a single-phase row: its CIF's) are searched.
 
 Writes ``--out/mixture.json`` (the settings, the calibration and every entry's scattering power per
 unit mass: what ``register_open`` puts in the identifier folder, so that a served model answers
@@ -36,6 +38,7 @@ from xrdid.config import Grid, MixtureSection, load_params
 from xrdid.data.library import Library
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import entry_elements
 from xrdid.identify.explain import plot_mixture
 from xrdid.identify.mixture import MIXTURE_FILE, MixtureSearch, MixtureSettings
 from xrdid.outputs import atomic_dir
@@ -118,14 +121,16 @@ def _truth(formulas: np.ndarray, entries: np.ndarray, fractions: np.ndarray) -> 
     return out
 
 
-def _fit(search: MixtureSearch, X: np.ndarray, covered: np.ndarray | None, progress: bool,
-         desc: str, drawn: int | None = None) -> list[dict[str, Any]]:
-    """Each row's answer, with a progress bar; row ``drawn`` also with its phases' profiles (for the plot)."""
+def _fit(search: MixtureSearch, X: np.ndarray, covered: np.ndarray | None, progress: bool, desc: str,
+         drawn: int | None = None, elements: Sequence[frozenset[str]] | None = None) -> list[dict[str, Any]]:
+    """Each row's answer, with a progress bar; row ``drawn`` also with its phases' profiles (for the plot);
+    ``elements``: each row searched among the entries made of its elements only (:meth:`MixtureSearch.restrict`)."""
     from tqdm import tqdm
 
     cov = np.ones(np.shape(X), bool) if covered is None else covered
     rows = tqdm(zip(X, cov), total=len(X), desc=desc, disable=not progress)
-    return [search.fit(x, c, profiles=i == drawn)[0] for i, (x, c) in enumerate(rows)]
+    return [(search if elements is None else search.restrict(elements[i])).fit(x, c, profiles=i == drawn)[0]
+            for i, (x, c) in enumerate(rows)]
 
 
 def _phase_outcomes(results: Sequence[Mapping[str, Any]], truth: Sequence[set[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +213,8 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength
     if not rows:
         raise InputError(labels, "none of its patterns could be read")
     results = _fit(search, np.array(X), np.array(covered), progress, "mixtures (measured)", drawn=0)
+    known = _fit(search, np.array(X), np.array(covered), progress, "mixtures (elements known)",
+                 elements=[_elements(row, search) for row in rows])
     truth = [_expected(row, formula_of) for row in rows]
     out: dict[str, Any] = {"unreadable": errors}
     groups = sorted({row.get("scan") or "all" for row in rows})
@@ -216,9 +223,10 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength
     for group in groups:
         pick = [i for i, row in enumerate(rows) if (row.get("scan") or "all") == group]
         key = group.replace(" ", "_")
-        out[key] = _scores([results[i] for i in pick], [truth[i] for i in pick])
-        if measured.unmatched:
-            out[f"{key}_matchable"] = _scores([results[i] for i in pick], [matchable[i] for i in pick])
+        for suffix, answers in (("", results), ("_elements", known)):
+            out[key + suffix] = _scores([answers[i] for i in pick], [truth[i] for i in pick])
+            if measured.unmatched:
+                out[f"{key}{suffix}_matchable"] = _scores([answers[i] for i in pick], [matchable[i] for i in pick])
     absent = [i for i, row in enumerate(rows) if row.get("phases_not_in_library")]
     if absent:
         out["with_phase_not_in_library"] = _scores([results[i] for i in absent], [truth[i] for i in absent])
@@ -230,6 +238,15 @@ def _score_measured(search: MixtureSearch, measured: Any, grid: Grid, wavelength
     plot_mixture(grid, first["signal"], covered[0], first["phases"], first["profiles"], plots / "phases.png",
                  f"{Path(rows[0]['pattern']).name}: {', '.join(sorted(truth[0]))} expected")
     return out
+
+
+def _elements(row: Mapping[str, str], search: MixtureSearch) -> frozenset[str]:
+    """The elements a chemist knows a measured row holds: those of its ``phases`` (in the library or not),
+    or those of its single ``cif``'s entry."""
+    if row.get("phases") is not None:
+        return entry_elements({"formula": f"{row['phases']};{row.get('phases_not_in_library') or ''}"})
+    stem = Path(row["cif"]).stem
+    return entry_elements(search.rows[search.ids.index(stem)] if stem in search.ids else {})
 
 
 def _expected(row: Mapping[str, str], formula_of: Mapping[str, str]) -> set[str]:
