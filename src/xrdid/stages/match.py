@@ -192,6 +192,8 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
             f"search_match_{smooth:g}": _topk(sub_mat[_grouped_order(cos, sub_mat)], tm),
             "flagged_unmatchable": _flag_rate(ident, test, np.flatnonzero(~matchable), patterns),
             "flagged_matchable": _flag_rate(ident, test, np.flatnonzero(matchable), patterns),
+            "flagged_unmatchable_elements": _flag_rate(ident, test, np.flatnonzero(~matchable), patterns, elements),
+            "flagged_matchable_elements": _flag_rate(ident, test, np.flatnonzero(matchable), patterns, elements),
         }
     return out
 
@@ -231,13 +233,25 @@ def _grouped_order(scores: np.ndarray, materials: np.ndarray, k: int = max(KS)) 
     return out
 
 
-def _flag_rate(ident: OpenIdentifier, test: MeasuredSet, pick: np.ndarray, patterns: PatternSet) -> dict[str, Any]:
-    """Share of the patterns ``pick`` answered "not in library" (score or peak evidence), with the count."""
+def _flag_rate(ident: OpenIdentifier, test: MeasuredSet, pick: np.ndarray, patterns: PatternSet,
+               elements: Sequence[frozenset[str]] | None = None) -> dict[str, Any]:
+    """Share of the patterns ``pick`` answered "not in library" (score or peak evidence), with the count;
+    with ``elements``, each pattern searched with its chemistry filter (no entry passing it: flagged)."""
     if not len(pick):
         return {"rate": None, "n": 0}
     ident._patterns = patterns
-    results = ident.identify(test.X[pick], test.covered[pick], top=1)
-    flagged = [not r["in_library"] for r in results]
+    if elements is None:
+        flagged = [not r["in_library"] for r in ident.identify(test.X[pick], test.covered[pick], top=1)]
+    else:
+        flagged = []
+        for q in pick:
+            try:
+                result = ident.restrict(elements[q]).identify(test.X[q:q + 1], test.covered[q:q + 1], top=1)[0]
+            except InputError:  # no entry of those elements at all
+                flagged.append(True)
+                continue
+            flagged.append(not result["in_library"])
+        ident.restrict()  # the whole library again
     return {"rate": round(float(np.mean(flagged)), 4), "n": len(pick)}
 
 
