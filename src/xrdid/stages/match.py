@@ -11,7 +11,8 @@ best on the development patterns) and, with ``--classifier``, the CNN; with
 ``match.alone_source`` also against the entries of that source alone, where patterns whose
 material has no entry there must be flagged "not in library". The row ``open_elements`` is the
 open-library identifier with the chemistry filter a chemist who knows the sample's elements sets
-(``xrdid predict --elements``): only entries made of the elements of the pattern's CIF are ranked.
+(``xrdid predict --elements``): only entries made of the elements of the pattern's CIF are ranked;
+``open_element_set`` also requires all of them (``--require-elements`` with the same list).
 
 Writes the identifier folder (``--out``), ``--metrics`` (JSON) and ``--plots`` (``topk.csv``).
 """
@@ -149,6 +150,7 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
     profiles = np.asarray(patterns.profiles)
     cosine = search_match(test.X, test.covered, profiles, index.grid, smooth)
     methods = {"open": found.rows, "open_elements": _search_by_elements(index, test, elements),
+               "open_element_set": _search_by_elements(index, test, elements, exact=True),
                f"search_match_{smooth:g}": _grouped_order(cosine, mat)}
     if classifier:
         from xrdid.learn.inference import predict_logits
@@ -185,10 +187,11 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
         tm = [{int(sub_mat[i]) for i in t} for t, ok in zip(truth_sub, matchable) if ok]
         cos = search_match(test.X[matchable], test.covered[matchable], profiles[pick], index.grid, smooth)
         ident._attach(sub, None)
-        by_elements = _search_by_elements(sub, test.subset(matchable), [e for e, ok in zip(elements, matchable) if ok])
+        known = [e for e, ok in zip(elements, matchable) if ok]
         out["measured_alone"] = {
             "open": _topk(sub_mat[f.rows], tm),
-            "open_elements": _topk(sub_mat[by_elements], tm),
+            "open_elements": _topk(sub_mat[_search_by_elements(sub, test.subset(matchable), known)], tm),
+            "open_element_set": _topk(sub_mat[_search_by_elements(sub, test.subset(matchable), known, exact=True)], tm),
             f"search_match_{smooth:g}": _topk(sub_mat[_grouped_order(cos, sub_mat)], tm),
             "flagged_unmatchable": _flag_rate(ident, test, np.flatnonzero(~matchable), patterns),
             "flagged_matchable": _flag_rate(ident, test, np.flatnonzero(matchable), patterns),
@@ -199,15 +202,16 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
 
 
 def _search_by_elements(index: LibraryIndex, test: MeasuredSet, elements: Sequence[frozenset[str]],
-                        k: int = max(KS)) -> np.ndarray:
+                        exact: bool = False, k: int = max(KS)) -> np.ndarray:
     """Rows of each pattern's ``k`` best entries among those made of its ``elements`` only (the chemistry
-    filter), best first; a pattern with fewer such entries repeats its last one (none at all: row 0)."""
+    filter; ``exact``: of all of them), best first; a pattern with fewer such entries repeats its last one
+    (none at all: row 0)."""
     out = np.zeros((len(test.X), k), np.int64)
     groups: dict[frozenset[str], list[int]] = {}
     for q, e in enumerate(elements):
         groups.setdefault(e, []).append(q)
     for allowed, pick in groups.items():
-        keep = element_mask(index.rows, allowed)
+        keep = element_mask(index.rows, allowed, allowed if exact else ())
         if not keep.any():
             continue
         rows = np.flatnonzero(keep)[index.subset(keep).search(test.X[pick], test.covered[pick], top=k).rows]
