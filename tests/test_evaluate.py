@@ -117,6 +117,20 @@ def test_material_tables_need_the_matching_library(tmp_path: Path) -> None:
     assert tables["n_materials"] == 1 and tables["measured_material"]["cnn"]["top1"] == 1.0
 
 
+def test_the_chemistry_filter_of_each_pattern_is_its_own_entry_s_elements(tmp_path: Path) -> None:
+    """``cnn_elements``: a pattern may be answered only by entries made of its own entry's elements."""
+    from types import SimpleNamespace
+
+    from xrdid.stages.evaluate import _own_elements
+
+    (tmp_path / "index.csv").write_text("id,formula,elements\nb,Fe2O3,Fe O\na,FeO,Fe O\nc,MgO,Mg O\n")
+    patterns = SimpleNamespace(ids=["a", "b", "c"])
+    test = MeasuredSet(["x", "y", "z"], np.zeros((3, 2), np.float32), np.ones((3, 2), bool), np.array([0, 2, -1]),
+                       ["S"] * 3)
+    assert _own_elements(test, patterns, tmp_path).tolist() == [[True, True, False], [False, False, True],
+                                                               [True, True, True]]
+
+
 def _table(top1: float, n: int = 4, **by_source: dict) -> dict:
     return {**{f"top{k}": min(1.0, top1 + 0.1 * (k - 1)) for k in range(1, 6)}, "n": n, **by_source}
 

@@ -38,6 +38,7 @@ from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import load_split
 from xrdid.errors import InputError
+from xrdid.identify.chemistry import element_mask, entry_elements
 from xrdid.identify.search import LibraryIndex, SearchSettings
 from xrdid.learn.baselines import CLASSICAL, classical_scores, search_match
 from xrdid.learn.inference import predict_proba
@@ -122,7 +123,9 @@ def run(
     is logged and skipped, so the embedded default runs anywhere. With ``library_dir`` the
     measured set is also scored per material (``measured_material``): entries that
     :func:`xrdid.data.library.material_groups` joins count as one answer, and ``plots/materials.csv``
-    lists them. With ``index_dir`` (the ``index`` stage's output) the open-library search
+    lists them; ``cnn_elements`` is the CNN with the chemistry filter of each pattern's own
+    entry's elements (:meth:`~xrdid.identify.identifier.Identifier.restrict`: a chemist who knows
+    them). With ``index_dir`` (the ``index`` stage's output) the open-library search
     (:mod:`xrdid.identify.search`, ``match`` section) is scored beside them as ``open_library``.
     """
 
@@ -186,6 +189,8 @@ def run(
         results["cnn_search_match"] = topk_table(fused, test.y, test.sources)
         for name, s in (scores.items() if classical else ()):
             results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
+        if library_dir is not None:
+            results["cnn_elements"] = topk_table(cnn * _own_elements(test, patterns, library_dir), test.y, test.sources)
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
         ours = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused}
@@ -202,6 +207,13 @@ def run(
               "measured patterns" if "measured" in metrics else "validation (synthetic)")
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _own_elements(test: MeasuredSet, patterns: PatternSet, library_dir: str | Path) -> np.ndarray:
+    """(n, n_entries) mask: the entries made of the elements of each pattern's own entry (none known: all)."""
+    rows = read_index(library_dir).set_index("id").loc[patterns.ids].reset_index().to_dict("records")
+    masks = {y: element_mask(rows, entry_elements(rows[y])) for y in set(test.y.tolist()) if y >= 0}
+    return np.stack([masks.get(int(y), np.ones(len(rows), bool)) for y in test.y])
 
 
 def _open_scores(index: LibraryIndex, X: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
