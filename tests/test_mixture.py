@@ -313,3 +313,12 @@ def test_predict_names_the_phases_of_a_mixture(tmp_path: Path, capsys: pytest.Ca
     assert 0 <= result["residual_share"] < 0.2
     assert main(["predict", str(scan), "--model", str(model), "--mixture", "--max-phases", "0"]) == 2
     assert "--max-phases: must be an integer of at least 1" in capsys.readouterr().err
+    # the chemistry filter: NiO (e9) ruled out, its peaks stay unexplained; the answer says what filtered it
+    assert main(["predict", str(scan), "--model", str(model), "--mixture", "--json", "--elements", "Si,O"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p["id"] for p in result["phases"]] == ["e0"] and result["residual_share"] > 0.1
+    assert {c["formula"] for c in result["candidates"]} == {"SiO2"}
+    assert result["provenance"]["chemistry"] == {"elements": ["O", "Si"], "required": []}
+    assert main(["predict", str(scan), "--model", str(model), "--mixture", "--require-elements", "Li"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--require-elements: no entry of the 10-entry library is holding Li" in err

@@ -104,6 +104,7 @@ def test_the_registered_open_model_carries_the_mixture_spec_and_serves_phases(st
     with pytest.raises(Exception, match="--max-phases: must be an integer of at least 1"):
         model.predict(x[None] / x.max(), params={"mixture": True, "max_phases": 0})
     # the chemistry filter per request: answers and phases among the entries of those elements only
+    whole = model.predict(x[None] / x.max(), params={"top": 50})
     elements = read_index(store["dir"] / "library").set_index("id")["elements"]
     known = " ".join(elements[patterns.ids[0]].split() + elements[patterns.ids[1]].split())
     answer = model.predict(x[None] / x.max(), params={"mixture": True, "elements": known})[0]
@@ -111,6 +112,7 @@ def test_the_registered_open_model_carries_the_mixture_spec_and_serves_phases(st
     assert {c["id"] for c in answer["candidates"]} <= allowed and {p["id"] for p in answer["phases"]} <= allowed
     with pytest.raises(Exception, match="elements: Qq is not an element symbol"):
         model.predict(x[None] / x.max(), params={"elements": "Qq"})
+    assert model.predict(x[None] / x.max(), params={"top": 50}) == whole  # the next request: the whole library
 
 
 def test_predict_report_shows_the_phases_and_their_stacked_plot(store: dict, tmp_path: Path) -> None:

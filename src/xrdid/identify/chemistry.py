@@ -54,7 +54,8 @@ def element_mask(rows: Sequence[Mapping[str, Any]], allowed: Iterable[str] = (),
 
 def parse_elements(text: str | None, name: str = "--elements") -> frozenset[str]:
     """Element symbols from a user's list (``"Fe,O"`` or ``"Fe O"``; none from None or ""); an unknown
-    symbol is an :class:`~xrdid.errors.InputError` naming ``name``.
+    symbol is an :class:`~xrdid.errors.InputError` naming ``name``. D and T are H, as in the library's
+    element sets.
 
     Examples
     --------
@@ -67,4 +68,4 @@ def parse_elements(text: str | None, name: str = "--elements") -> frozenset[str]
     unknown = [s for s in symbols if not Element.is_valid_symbol(s)]
     if unknown:
         raise InputError(name, f"{', '.join(unknown)} is not an element symbol (write them as Fe, O, Ca)")
-    return frozenset(symbols)
+    return frozenset("H" if s in ("D", "T") else s for s in symbols)

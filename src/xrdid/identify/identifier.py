@@ -122,6 +122,7 @@ class Identifier:
         reflections (:mod:`xrdid.identify.evidence`); None skips the check.
     allowed : bool per library entry, the entries a chemistry filter leaves (:meth:`restrict`);
         None: all.
+    chemistry : that filter (``elements``, ``required``), which answers carry in their provenance.
     """
 
     model: Any
@@ -134,6 +135,7 @@ class Identifier:
     folder: Path | None = None
     peak_rule: PeakRule | None = field(default_factory=PeakRule)
     allowed: np.ndarray | None = field(default=None, repr=False)
+    chemistry: dict[str, list[str]] | None = None
     _profiles: np.ndarray | None = field(default=None, repr=False)
     _patterns: Any = field(default=None, repr=False)
 
@@ -146,7 +148,9 @@ class Identifier:
 
         A chemist who knows a sample's elements (from its synthesis, XRF or EDS) searches only the
         entries that can be it, as the chemistry filter of a classical search-match program; the
-        probabilities are then conditioned on the answer being one of them. Returns the identifier.
+        probabilities are then conditioned on the answer being one of them (the not-in-library rule,
+        fitted without a filter, sees those conditioned probabilities). No argument: the whole
+        library again. Returns the identifier.
 
         Examples
         --------
@@ -160,8 +164,10 @@ class Identifier:
             wanted = (f"made of {', '.join(sorted(elements))} only" if elements else "") + \
                      (" and " if elements and required else "") + \
                      (f"holding {', '.join(sorted(required))}" if required else "")
-            raise InputError("--elements", f"no entry of the {len(mask)}-entry library is {wanted}")
+            raise InputError("--elements" if elements else "--require-elements",
+                             f"no entry of the {len(mask)}-entry library is {wanted}")
         self.allowed = None if mask.all() else mask
+        self.chemistry = {"elements": sorted(elements), "required": sorted(required)} if elements or required else None
         return self
 
     # ------------------------------------------------------------------ building and storing
@@ -296,13 +302,15 @@ class Identifier:
         X = X - X.min(axis=1, keepdims=True)
         X = X / np.maximum(X.max(axis=1, keepdims=True), 1e-12)
         out = np.empty((len(X), self.model.n_classes), dtype=np.float32)
+        # conditioned on the answer passing the chemistry filter: the softmax over those entries only (masking
+        # after it would round the kept entries to 0 when the network is sure of an excluded look-alike)
+        excluded = None if self.allowed is None else torch.from_numpy(~self.allowed)
         with torch.inference_mode():
             for start in range(0, len(X), batch_size):
-                logits = self.model(torch.from_numpy(X[start:start + batch_size]))
-                out[start:start + batch_size] = torch.softmax(logits / self.temperature, dim=1).numpy()
-        if self.allowed is not None:  # conditioned on the answer passing the chemistry filter
-            out *= self.allowed
-            out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-30)
+                logits = self.model(torch.from_numpy(X[start:start + batch_size])) / self.temperature
+                if excluded is not None:
+                    logits = logits.masked_fill(excluded, float("-inf"))
+                out[start:start + batch_size] = torch.softmax(logits, dim=1).numpy()
         return out
 
     def rank(self, X: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
@@ -465,6 +473,8 @@ class Identifier:
         summary = {k: self.provenance[k] for k in keys if k in self.provenance}
         summary["library_sha256"] = self.provenance.get("library_sha256", "")
         summary["preprocessing"] = self.preprocessing
+        if self.chemistry:
+            summary["chemistry"] = self.chemistry
         return summary
 
 

@@ -451,7 +451,7 @@ class MixtureSearch:
 
     def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> MixtureSearch:
         """A shallow copy that searches only the entries made of ``elements`` (any when empty) and holding
-        every one of ``required`` (:func:`~xrdid.data.library.element_mask`; the chemistry filter of
+        every one of ``required`` (:func:`~xrdid.identify.chemistry.element_mask`; the chemistry filter of
         :meth:`Identifier.restrict <xrdid.identify.identifier.Identifier.restrict>`).
 
         Phases and their substitutes (the confidence's margins) are then drawn from those entries only:

@@ -33,13 +33,20 @@ from xrdid.identify.mixture import MixtureSearch
 from xrdid.identify.open import load_folder
 
 
+_KEEP_RESTRICTED = 8  # chemistry filters whose restricted copies a served model keeps
+
+
 class IdentifierModel(PythonModel):
     """Ranks library entries for patterns on the grid (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
 
         self.identifier = load_folder(context.artifacts["identifier"])
+        self.identifier.profiles()  # loaded once here, so that the filtered copies share them
         self._mixture: MixtureSearch | None = None  # built at the first request that asks for phases
+        # copies restricted by a chemistry filter, the latest few reused: a broad filter over a large open
+        # library copies much of its index
+        self._restricted: dict[tuple[frozenset[str], frozenset[str]], Any] = {}
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would reinterpret them
         """Ranked candidates of each row; a bad row or ``top`` is the client's fault.
@@ -58,7 +65,12 @@ class IdentifierModel(PythonModel):
             identifier = self.identifier
             elements, required = (parse_elements(params.get(k), k) for k in ("elements", "require_elements"))
             if elements or required:  # a copy restricted for this request: the loaded model stays whole
-                identifier = copy.copy(identifier).restrict(elements, required)
+                key = (elements, required)
+                if key not in self._restricted:
+                    if len(self._restricted) >= _KEEP_RESTRICTED:
+                        self._restricted.pop(next(iter(self._restricted)))
+                    self._restricted[key] = copy.copy(identifier).restrict(elements, required)
+                identifier = self._restricted[key]
             answers = identifier.identify(X, None, top)
             if params.get("mixture"):
                 if self._mixture is None:

@@ -41,7 +41,7 @@ from xrdid.errors import InputError
 from xrdid.identify.chemistry import element_mask, entry_elements
 from xrdid.identify.search import LibraryIndex, SearchSettings
 from xrdid.learn.baselines import CLASSICAL, classical_scores, search_match
-from xrdid.learn.inference import predict_proba
+from xrdid.learn.inference import predict_logits, predict_proba
 from xrdid.learn.metrics import TOP_K, topk_table, true_rank
 from xrdid.learn.models import load_model
 from xrdid.stages.options import add_params, add_progress, add_stage_inputs
@@ -190,7 +190,10 @@ def run(
         for name, s in (scores.items() if classical else ()):
             results[name] = topk_table(s[len(val_pick):], test.y, test.sources)
         if library_dir is not None:
-            results["cnn_elements"] = topk_table(cnn * _own_elements(test, patterns, library_dir), test.y, test.sources)
+            # on the logits: probabilities of the kept entries may be 0.0 beside a sure excluded look-alike
+            kept = _own_elements(test, patterns, library_dir)
+            results["cnn_elements"] = topk_table(np.where(kept, predict_logits(model, test.X), -np.inf), test.y,
+                                                 test.sources)
         metrics["measured"] = results
         metrics["measured_failed"] = len(test.failed)
         ours = {"cnn": cnn, "search_match": cosine, "cnn_search_match": fused}

@@ -149,9 +149,7 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
     found = index.search(test.X, test.covered, top=max(KS))
     profiles = np.asarray(patterns.profiles)
     cosine = search_match(test.X, test.covered, profiles, index.grid, smooth)
-    methods = {"open": found.rows, "open_elements": _search_by_elements(index, test, elements),
-               "open_element_set": _search_by_elements(index, test, elements, exact=True),
-               f"search_match_{smooth:g}": _grouped_order(cosine, mat)}
+    methods = {"open": found.rows, f"search_match_{smooth:g}": _grouped_order(cosine, mat)}
     if classifier:
         from xrdid.learn.inference import predict_logits
         from xrdid.learn.models import load_model, read_metadata
@@ -165,6 +163,9 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
             log.warning("match: the classifier's classes are not this library; no cnn row")
     keep = np.flatnonzero(have)
     out["measured"] = {name: _topk(mat[rows[keep]], [truth_m[i] for i in keep]) for name, rows in methods.items()}
+    for name, exact in (("open_elements", False), ("open_element_set", True)):
+        found_m = _search_by_elements(index, test, elements, mat, exact)
+        out["measured"][name] = _topk(found_m[keep], [truth_m[i] for i in keep])
     material_unseen = np.array([bool(t) and all(unseen[i] for i in t) for t in truths])
     out["measured_by_holdout"] = {
         name: _topk(mat[found.rows[pick]], [truth_m[i] for i in pick])
@@ -190,8 +191,8 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
         known = [e for e, ok in zip(elements, matchable) if ok]
         out["measured_alone"] = {
             "open": _topk(sub_mat[f.rows], tm),
-            "open_elements": _topk(sub_mat[_search_by_elements(sub, test.subset(matchable), known)], tm),
-            "open_element_set": _topk(sub_mat[_search_by_elements(sub, test.subset(matchable), known, exact=True)], tm),
+            "open_elements": _topk(_search_by_elements(sub, test.subset(matchable), known, sub_mat), tm),
+            "open_element_set": _topk(_search_by_elements(sub, test.subset(matchable), known, sub_mat, True), tm),
             f"search_match_{smooth:g}": _topk(sub_mat[_grouped_order(cos, sub_mat)], tm),
             "flagged_unmatchable": _flag_rate(ident, test, np.flatnonzero(~matchable), patterns),
             "flagged_matchable": _flag_rate(ident, test, np.flatnonzero(matchable), patterns),
@@ -202,11 +203,11 @@ def _score_measured(params: Mapping[str, Any], index: LibraryIndex, patterns: Pa
 
 
 def _search_by_elements(index: LibraryIndex, test: MeasuredSet, elements: Sequence[frozenset[str]],
-                        exact: bool = False, k: int = max(KS)) -> np.ndarray:
-    """Rows of each pattern's ``k`` best entries among those made of its ``elements`` only (the chemistry
-    filter; ``exact``: of all of them), best first; a pattern with fewer such entries repeats its last one
-    (none at all: row 0)."""
-    out = np.zeros((len(test.X), k), np.int64)
+                        materials: np.ndarray, exact: bool = False, k: int = max(KS)) -> np.ndarray:
+    """The ``materials`` of each pattern's ``k`` best entries among those made of its ``elements`` only (the
+    chemistry filter; ``exact``: of all of them), best first; a pattern with fewer such entries repeats its
+    last one (none at all: -1, no material)."""
+    out = np.full((len(test.X), k), -1, np.int64)
     groups: dict[frozenset[str], list[int]] = {}
     for q, e in enumerate(elements):
         groups.setdefault(e, []).append(q)
@@ -215,7 +216,7 @@ def _search_by_elements(index: LibraryIndex, test: MeasuredSet, elements: Sequen
         if not keep.any():
             continue
         rows = np.flatnonzero(keep)[index.subset(keep).search(test.X[pick], test.covered[pick], top=k).rows]
-        out[pick] = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), mode="edge")
+        out[pick] = materials[np.pad(rows, ((0, 0), (0, k - rows.shape[1])), mode="edge")]
     return out
 
 
