@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,16 +41,53 @@ def entry_elements(row: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(listed or _SYMBOL.findall(str(row.get("formula") or row.get("reduced_formula") or "")))
 
 
+@dataclass(frozen=True)
+class ElementTable:
+    """Which elements each library entry holds, as a boolean (entries × symbols) matrix.
+
+    Reading the rows is the slow part (0.1 s for 25,000 entries); built once per library, each
+    filter is then one vectorised pass (:meth:`mask`).
+
+    Examples
+    --------
+    >>> table = ElementTable.from_rows([{"formula": "FeO"}, {"formula": "MgO"}])
+    >>> table.mask(["Fe", "O"]).tolist(), table.mask(required=["Mg"]).tolist()
+    ([True, False], [False, True])
+    """
+
+    symbols: tuple[str, ...]
+    holds: np.ndarray  # (entries, symbols) bool
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> ElementTable:
+        """The table of library index rows (:func:`entry_elements` of each)."""
+        sets = [entry_elements(row) for row in rows]
+        symbols = tuple(sorted(set().union(*sets)))
+        column = {s: j for j, s in enumerate(symbols)}
+        holds = np.zeros((len(sets), len(symbols)), bool)
+        entry = np.repeat(np.arange(len(sets)), [len(e) for e in sets])
+        holds[entry, [column[s] for e in sets for s in e]] = True
+        return cls(symbols, holds)
+
+    def mask(self, allowed: Iterable[str] = (), required: Iterable[str] = ()) -> np.ndarray:
+        """Which entries are made of ``allowed`` elements only (any when empty) and hold every ``required`` one.
+
+        An entry that names no element (no ``elements``, no formula) passes ``allowed`` and fails ``required``.
+        """
+        allowed, required = frozenset(allowed), frozenset(required)
+        keep = np.ones(len(self.holds), bool)
+        if allowed:
+            keep &= ~self.holds[:, [s not in allowed for s in self.symbols]].any(axis=1)
+        if required - set(self.symbols):  # an element no entry holds
+            return np.zeros(len(self.holds), bool)
+        return keep & self.holds[:, [s in required for s in self.symbols]].all(axis=1)
+
+
 def element_mask(rows: Sequence[Mapping[str, Any]], allowed: Iterable[str] = (),
                  required: Iterable[str] = ()) -> np.ndarray:
-    """Which entries are made of ``allowed`` elements only (any when empty) and hold every ``required`` one.
-
-    An entry whose row names no element (no ``elements``, no formula) passes ``allowed`` and fails
-    ``required``.
-    """
-    allowed, required = frozenset(allowed), frozenset(required)
-    elements = [entry_elements(row) for row in rows]
-    return np.array([(not allowed or e <= allowed) and required <= e for e in elements], bool)
+    """Which entries are made of ``allowed`` elements only (any when empty) and hold every ``required`` one
+    (:meth:`ElementTable.mask`; build an :class:`ElementTable` once to filter one library many times)."""
+    return ElementTable.from_rows(rows).mask(allowed, required)
 
 
 def parse_elements(text: str | None, name: str = "--elements") -> frozenset[str]:

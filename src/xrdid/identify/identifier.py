@@ -37,7 +37,7 @@ from xrdid.config import Grid
 from xrdid.data.library import material_groups
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
-from xrdid.identify.chemistry import element_mask
+from xrdid.identify.chemistry import ElementTable
 from xrdid.identify.evidence import PeakRule, peak_evidence, unexplained_message
 from xrdid.learn.calibration import NoveltyRule, novelty_evidence
 from xrdid.learn.models import load_model, read_metadata
@@ -138,10 +138,18 @@ class Identifier:
     chemistry: dict[str, list[str]] | None = None
     _profiles: np.ndarray | None = field(default=None, repr=False)
     _patterns: Any = field(default=None, repr=False)
+    _elements: ElementTable | None = field(default=None, repr=False)  # of ``library``, built at the first filter
 
     @property
     def ids(self) -> list[str]:
         return [row["id"] for row in self.library]
+
+    @property
+    def element_table(self) -> ElementTable:
+        """The elements of each library entry (built once: every chemistry filter reads it)."""
+        if self._elements is None:
+            self._elements = ElementTable.from_rows(self.library)
+        return self._elements
 
     def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> Identifier:
         """Rank only the entries made of ``elements`` (any when empty) that hold every one of ``required``.
@@ -159,7 +167,7 @@ class Identifier:
         elements, required = frozenset(elements), frozenset(required)
         if not self.library:
             raise InputError("--library", "this model carries no library to restrict: give one with --library DIR")
-        mask = element_mask(self.library, elements, required)
+        mask = self.element_table.mask(elements, required)
         if not mask.any():
             wanted = (f"made of {', '.join(sorted(elements))} only" if elements else "") + \
                      (" and " if elements and required else "") + \

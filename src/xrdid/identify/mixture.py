@@ -105,7 +105,7 @@ from scipy.optimize import nnls
 from scipy.signal import find_peaks
 
 from xrdid.errors import InputError
-from xrdid.identify.chemistry import element_mask
+from xrdid.identify.chemistry import ElementTable
 from xrdid.xrd.diffraction import KALPHA2_RATIO, intensity_per_mass, wilson_intensity
 from xrdid.xrd.measured import wavelength_angstrom
 from xrdid.xrd.preprocess import rolling_background
@@ -368,6 +368,7 @@ class MixtureSearch:
         if n == 0:
             raise InputError("library", "no simulated patterns to search")
         self.allowed = np.ones(n, bool)  # the entries a phase and its substitutes may be (:meth:`restrict`)
+        self._elements: ElementTable | None = None
         self.axis = StrainAxis.from_grid(self.grid, s.axis_step)
         # search rows: variant × n + entry, the first n the library's profiles (the cells: _axis_variants)
         self.variants = _axis_variants(s.anisotropy)
@@ -451,14 +452,16 @@ class MixtureSearch:
 
     def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> MixtureSearch:
         """A shallow copy that searches only the entries made of ``elements`` (any when empty) and holding
-        every one of ``required`` (:func:`~xrdid.identify.chemistry.element_mask`; the chemistry filter of
+        every one of ``required`` (:meth:`~xrdid.identify.chemistry.ElementTable.mask`; the chemistry filter of
         :meth:`Identifier.restrict <xrdid.identify.identifier.Identifier.restrict>`).
 
         Phases and their substitutes (the confidence's margins) are then drawn from those entries only:
         a chemist who knows the precursors' elements rules out look-alikes of other chemistry.
         """
+        if self._elements is None:  # built once: the copies share it
+            self._elements = ElementTable.from_rows(self.rows)
         search = copy.copy(self)
-        search.allowed = element_mask(self.rows, elements, required)
+        search.allowed = self._elements.mask(elements, required)
         return search
 
     # ------------------------------------------------------------------ fitting

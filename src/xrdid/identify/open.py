@@ -139,7 +139,7 @@ class OpenIdentifier(Identifier):
 
     def _attach(self, index: LibraryIndex, patterns_dir: Path | None) -> None:
         self.index, self.library, self.patterns_dir = index, index.rows, patterns_dir
-        self._patterns = self._profiles = self.allowed = self._restricted = self.chemistry = None
+        self._patterns = self._profiles = self.allowed = self._restricted = self.chemistry = self._elements = None
 
     def restrict(self, elements: Iterable[str] = (), required: Iterable[str] = ()) -> OpenIdentifier:
         """As :meth:`Identifier.restrict`; the search runs over the entries left only."""

@@ -42,7 +42,9 @@ class IdentifierModel(PythonModel):
     def load_context(self, context: Any) -> None:
 
         self.identifier = load_folder(context.artifacts["identifier"])
-        self.identifier.profiles()  # loaded once here, so that the filtered copies share them
+        # loaded once here, so that the copies a chemistry filter makes share them
+        self.identifier.profiles()
+        self.identifier.element_table
         self._mixture: MixtureSearch | None = None  # built at the first request that asks for phases
         # copies restricted by a chemistry filter, the latest few reused: a broad filter over a large open
         # library copies much of its index

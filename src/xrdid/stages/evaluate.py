@@ -38,7 +38,7 @@ from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.data.splits import load_split
 from xrdid.errors import InputError
-from xrdid.identify.chemistry import element_mask, entry_elements
+from xrdid.identify.chemistry import ElementTable, entry_elements
 from xrdid.identify.search import LibraryIndex, SearchSettings
 from xrdid.learn.baselines import CLASSICAL, classical_scores, search_match
 from xrdid.learn.inference import predict_logits, predict_proba
@@ -215,7 +215,8 @@ def run(
 def _own_elements(test: MeasuredSet, patterns: PatternSet, library_dir: str | Path) -> np.ndarray:
     """(n, n_entries) mask: the entries made of the elements of each pattern's own entry (none known: all)."""
     rows = read_index(library_dir).set_index("id").loc[patterns.ids].reset_index().to_dict("records")
-    masks = {y: element_mask(rows, entry_elements(rows[y])) for y in set(test.y.tolist()) if y >= 0}
+    table = ElementTable.from_rows(rows)
+    masks = {y: table.mask(entry_elements(rows[y])) for y in set(test.y.tolist()) if y >= 0}
     return np.stack([masks.get(int(y), np.ones(len(rows), bool)) for y in test.y])
 
 

@@ -36,7 +36,7 @@ from xrdid.data.library import Library
 from xrdid.data.measured_set import MeasuredSet
 from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
-from xrdid.identify.chemistry import element_mask, entry_elements
+from xrdid.identify.chemistry import ElementTable, entry_elements
 from xrdid.identify.open import OpenIdentifier
 from xrdid.identify.search import LibraryIndex, SearchSettings, matches_truth
 from xrdid.learn.baselines import search_match
@@ -211,8 +211,9 @@ def _search_by_elements(index: LibraryIndex, test: MeasuredSet, elements: Sequen
     groups: dict[frozenset[str], list[int]] = {}
     for q, e in enumerate(elements):
         groups.setdefault(e, []).append(q)
+    table = ElementTable.from_rows(index.rows)
     for allowed, pick in groups.items():
-        keep = element_mask(index.rows, allowed, allowed if exact else ())
+        keep = table.mask(allowed, allowed if exact else ())
         if not keep.any():
             continue
         rows = np.flatnonzero(keep)[index.subset(keep).search(test.X[pick], test.covered[pick], top=k).rows]
