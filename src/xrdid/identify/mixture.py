@@ -567,12 +567,12 @@ class MixtureSearch:
                 break
             # the search axis ranks by isotropic, smoothed overlap, which favours entries that fit the misfit of
             # the phases already in; a short refinement of the cell against the residual ranks them as the fit will
-            def screen(entry: int, shift: int, variant: int) -> tuple[bool, float, int, int, int]:
+            screened = []
+            for entry, shift, variant in found:
                 quick = self._refine(self._start(entry, shift, variant), residual, weight, s.screen_steps, orient=False)
-                trial, _, new_r, refusal, _ = judge(phases, quick, r_factor, residual, free=False)
-                return bool(refusal), new_r, entry, shift, variant
-
-            screened = sorted(screen(*candidate) for candidate in found)
+                _, _, new_r, refusal, _ = judge(phases, quick, r_factor, residual, free=False)
+                screened.append((bool(refusal), new_r, entry, shift, variant))
+            screened.sort()
             accepted = None
             for _, _, entry, shift, variant in screened[:s.refine_best]:
                 new = self._refine(self._start(entry, shift, variant), residual, weight)
