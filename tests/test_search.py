@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from xrdid.cli import main
 from xrdid.config import Grid
@@ -17,7 +17,7 @@ from xrdid.data.patterns import PatternSet
 from xrdid.errors import InputError
 from xrdid.identify.evidence import peak_evidence
 from xrdid.identify.open import OpenIdentifier, candidate_probabilities
-from xrdid.identify.search import LibraryIndex, SearchSettings
+from xrdid.identify.search import LibraryIndex, SearchSettings, _covered_norms
 from xrdid.xrd.profiles import render
 from xrdid.xrd.strain import StrainAxis
 
@@ -88,6 +88,38 @@ def test_an_unstrained_fit_wins_among_look_alikes() -> None:
     found = _index(profiles / profiles.max(axis=1, keepdims=True)).search(profiles[1:2], top=2)
     assert found.rows[0].tolist() == [1, 0]
     assert_allclose(found.strain[0], [0.0, 0.02], atol=0.0015)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_covered_norms_equal_the_product_with_the_shifted_coverage(seed: int) -> None:
+    """The edge sums of a one-run coverage give what the product with every shifted mask gives."""
+    rng = np.random.default_rng(seed)
+    cand = rng.random((7, 300)).astype(np.float32)
+    start, stop = sorted(rng.choice(301, 2, replace=False))
+    gaps = rng.random(300) > 0.3
+    for mask in (np.ones(300, bool), np.arange(300) >= start, (np.arange(300) >= start) & (np.arange(300) < stop), gaps):
+        m = int(rng.integers(1, 40))
+        shifted = np.lib.stride_tricks.sliding_window_view(np.pad(mask.astype(np.float32), m), 300)
+        expected = shifted @ (cand.astype(np.float64) ** 2).T
+        got = _covered_norms(cand, mask, m, (cand.astype(np.float64) ** 2).sum(axis=1))
+        assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_batch_ranks_as_its_patterns_one_by_one() -> None:
+    """Prepared and fitted over threads (a batch of 64 or more), each pattern gets its own answer."""
+    positions, heights, profiles = _library(5, 30)
+    rng = np.random.default_rng(5)
+    entries = rng.integers(0, len(profiles), 70)
+    X = np.stack([render(_strained(positions[e], rng.uniform(-0.02, 0.02)), heights[e], GRID, 0.12) for e in entries])
+    covered = np.ones(X.shape, bool)
+    covered[::3, :200] = False  # some scans start later, some have a gap
+    covered[1::5, 900:1000] = False
+    index = _index(profiles, candidates=10)
+    batch = index.search(X, covered, top=3, workers=2)
+    alone = [index.search(X[i:i + 1], covered[i:i + 1], top=3, workers=1) for i in range(len(X))]
+    assert_array_equal(batch.rows, np.concatenate([a.rows for a in alone]))
+    assert_allclose(batch.score, np.concatenate([a.score for a in alone]), rtol=1e-5)
+    assert np.mean(batch.rows[:, 0] == entries) > 0.9
 
 
 def test_index_round_trip_and_staleness(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ class LibraryIndex:
     coarse: np.ndarray
     patterns_sha256: str = ""
     _faiss: Any = None
+    _norm2: np.ndarray | None = None  # squared norm of each fine row, for the fit's covered norms
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -228,7 +229,8 @@ class LibraryIndex:
         """The index of the entries where ``keep`` is True (e.g. one source of a merged library)."""
         keep = np.asarray(keep, bool)
         return LibraryIndex([r for r, k in zip(self.rows, keep) if k], self.grid, self.settings,
-                            self.fine[keep], self.coarse[keep], self.patterns_sha256)
+                            self.fine[keep], self.coarse[keep], self.patterns_sha256,
+                            _norm2=None if self._norm2 is None else self._norm2[keep])
 
     # ------------------------------------------------------------------ searching
 
@@ -250,29 +252,29 @@ class LibraryIndex:
 
         Each pattern's fit is a few small matrix products: BLAS and OpenMP threads would only spin
         against each other (15× slower on a busy 2-core machine), so they run single-threaded and
-        the patterns are spread over ``workers`` threads (default: the CPU count, at most 8).
+        the patterns (their preparation, then their fits) are spread over ``workers`` threads
+        (default: the CPU count, at most 8).
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        from threadpoolctl import threadpool_limits
-
         s = self.settings
         workers = workers or min(8, os.cpu_count() or 1)
-        fine, mask, coarse = self.prepare(X, covered)
+        X = np.asarray(X, np.float32)
+        covered = np.ones(X.shape, bool) if covered is None else np.asarray(covered, bool)
         k = min(int(s.candidates), len(self))
         n_top = k if top is None else min(int(top), k)
         m = self.axis.points(s.max_strain)
         shifts = np.arange(-m, m + 1)
         penalty = (s.strain_penalty * 100 * np.abs(self.axis.strain(shifts))).astype(np.float32)[:, None]
-        out = [np.empty((len(fine), n_top)) for _ in range(4)]
+        norm2 = self._norms()
 
         def fit(q: int, rows: np.ndarray) -> None:
             # one (shifts × points) @ (points × candidates) product; row j: the pattern moved by j - m
             windows = sliding_window_view(np.pad(fine[q], m), fine.shape[1])
-            covers = sliding_window_view(np.pad(mask[q].astype(np.float32), m), fine.shape[1])
             cand = self.fine[rows].astype(np.float32, copy=False)
             cosine = (windows @ cand.T) / np.maximum(
-                np.sqrt(covers @ (cand * cand).T) * np.linalg.norm(windows, axis=1, keepdims=True), 1e-12)
+                np.sqrt(_covered_norms(cand, mask[q], m, norm2[rows])) * np.linalg.norm(windows, axis=1, keepdims=True),
+                1e-12)
             scored = cosine - penalty
             best = scored.argmax(axis=0)
             score = scored[best, np.arange(k)]
@@ -281,16 +283,23 @@ class LibraryIndex:
             out[2][q] = cosine[best[order], order]
             out[3][q] = self.axis.strain(shifts[best[order]])  # the measured cell relative to the entry's
 
-        with threadpool_limits(1):
-            with threadpool_limits(workers if len(fine) >= 64 else 1, user_api="openmp"):  # faiss splits a batch
-                _, found = self._index().search(np.ascontiguousarray(coarse), k)
-            if workers > 1 and len(fine) > 1:
-                with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the products
-                    list(pool.map(fit, range(len(fine)), found))
-            else:
-                for q, rows in enumerate(found):
-                    fit(q, rows)
+        faiss_index = self._index()
+        batch = len(X) >= 64  # smaller batches: splitting costs more than it saves
+        with _threads().limit(limits=1), ThreadPoolExecutor(workers) as pool:  # numpy and ndimage release the GIL
+            run = pool.map if workers > 1 and len(X) > 1 else map
+            parts = np.array_split(np.arange(len(X)), workers if batch else 1)
+            fine, mask, coarse = (np.concatenate(a) for a in zip(*run(lambda p: self.prepare(X[p], covered[p]), parts)))
+            with _threads().limit(limits=workers if batch else 1, user_api="openmp"):  # faiss splits a batch
+                _, found = faiss_index.search(coarse, k)
+            out = [np.empty((len(fine), n_top)) for _ in range(4)]
+            list(run(fit, range(len(fine)), found))
         return Matches(out[0].astype(np.int64), *(a.astype(np.float32) for a in out[1:]))
+
+    def _norms(self) -> np.ndarray:
+        if self._norm2 is None:  # in chunks: a float16 index of 25,000 entries is 280 MB as float32
+            self._norm2 = np.concatenate([np.square(self.fine[i:i + 4096], dtype=np.float32).sum(1, dtype=np.float64)
+                                          for i in range(0, len(self), 4096)] or [np.zeros(0)])
+        return self._norm2
 
     def _index(self) -> Any:
         if self._faiss is None:
@@ -300,6 +309,23 @@ class LibraryIndex:
             self._faiss = faiss.IndexFlatIP(self.coarse.shape[1])
             self._faiss.add(np.ascontiguousarray(self.coarse, dtype=np.float32))
         return self._faiss
+
+
+def _threads() -> Any:
+    """threadpoolctl's controller of the loaded BLAS and OpenMP libraries, faiss's included.
+
+    Created once per process, after faiss is imported: ``threadpool_limits`` lists the loaded
+    libraries afresh on each call (9 ms, half a single query).
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+_CONTROLLER = None
 
 
 def _vectors(rows: np.ndarray, mask: np.ndarray | None, s: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +338,29 @@ def _vectors(rows: np.ndarray, mask: np.ndarray | None, s: SearchSettings) -> tu
     coarse = coarse[:, :: s.coarse_stride]
     coarse /= np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-12)
     return fine, coarse.astype(np.float32)
+
+
+def _covered_norms(cand: np.ndarray, mask: np.ndarray, m: int, norm2: np.ndarray) -> np.ndarray:
+    """Squared norms of the candidate rows over the pattern's coverage moved by each shift: (2m + 1, k).
+
+    Row j covers the candidate points p where ``mask[p + j - m]``. When the coverage is one run of
+    points [a, b) (nearly every scan), that is the range [a + m - j, b + m - j): the whole norm less
+    two edge sums of at most a + 2m and n - b + 2m points, a fraction of the product with the shifted
+    masks that scans with gaps still take.
+    """
+    n = mask.size
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
+    if len(edges) != 2:
+        covers = sliding_window_view(np.pad(mask.astype(np.float32), m), n)
+        return covers @ np.square(cand).T
+    j = np.arange(2 * m + 1)
+    lo, hi = np.clip(edges[0] + m - j, 0, n), np.clip(edges[1] + m - j, 0, n)
+    zero = np.zeros((len(cand), 1))
+    head = np.hstack([zero, np.cumsum(np.square(cand[:, :lo.max()], dtype=np.float64), axis=1)])  # points < x
+    edge = np.square(cand[:, hi.min():], dtype=np.float64)[:, ::-1]
+    tail = np.hstack([np.cumsum(edge, axis=1)[:, ::-1], zero])  # column i: points ≥ hi.min() + i
+    below, above = head[:, lo].T, tail[:, hi - hi.min()].T
+    return np.maximum(norm2 - below - above, 0.0)
 
 
 def _meta_sha256(patterns: PatternSet) -> str:
