@@ -105,6 +105,18 @@ def test_covered_norms_equal_the_product_with_the_shifted_coverage(seed: int) ->
         assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_a_short_scan_beside_an_entry_with_nothing_there_keeps_cosines_at_most_one() -> None:
+    """An entry whose peaks all lie outside a 9° scan: its covered norm is its faint tails, which the
+    edge sums would lose to cancellation; its cosine must stay ≤ 1 and the right entry first."""
+    positions, heights, profiles = _library(13, 150)
+    index = _index(profiles[[10, 52]], max_strain=0.05)
+    covered = np.zeros((1, GRID.n_points), bool)
+    covered[0, 370:595] = True  # 2θ 19.8–28.8°
+    found = index.search(render(positions[10], heights[10], GRID, 0.12)[None], covered)
+    assert found.rows[0, 0] == 0
+    assert np.all(found.cosine <= 1 + 1e-5)
+
+
 def test_a_batch_ranks_as_its_patterns_one_by_one() -> None:
     """Prepared and fitted over threads (a batch of 64 or more), each pattern gets its own answer."""
     positions, heights, profiles = _library(5, 30)
@@ -143,6 +155,8 @@ def test_rows_of_the_wrong_length_are_refused() -> None:
     _, _, profiles = _library(4, 5)
     with pytest.raises(ValueError, match="2125 points"):
         _index(profiles).search(np.ones((1, 100)))
+    with pytest.raises(ValueError, match=r"shape \(2125,\)"):  # one row, not 2125 patterns of one point
+        _index(profiles).search(np.ones(2125))
 
 
 def test_candidate_probabilities_sum_to_one() -> None:
