@@ -32,9 +32,9 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,9 @@ from xrdid.errors import InputError
 from xrdid.outputs import atomic_dir, require
 from xrdid.xrd.preprocess import rolling_background
 from xrdid.xrd.strain import StrainAxis
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +135,8 @@ class LibraryIndex:
     fine: np.ndarray
     coarse: np.ndarray
     patterns_sha256: str = ""
-    _faiss: Any = None
-    _norm2: np.ndarray | None = None  # squared norm of each fine row, for the fit's covered norms
+    _faiss: Any = field(default=None, repr=False, compare=False)
+    _norm2: np.ndarray | None = field(default=None, repr=False, compare=False)  # squared norm of each fine row
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -236,9 +239,7 @@ class LibraryIndex:
 
     def prepare(self, X: np.ndarray, covered: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Measured rows on the grid → (fine rows, fine coverage, coarse unit vectors)."""
-        X = np.asarray(X, np.float32)
-        if X.ndim != 2 or X.shape[1] != self.grid.n_points:
-            raise ValueError(f"expected rows of {self.grid.n_points} points, got shape {X.shape}")
+        X = self._rows(X)
         covered = np.ones(X.shape, bool) if covered is None else np.asarray(covered, bool)
         X = np.clip(X - rolling_background(X, self.grid.step), 0, None) * covered
         axis = self.axis
@@ -252,50 +253,57 @@ class LibraryIndex:
 
         Each pattern's fit is a few small matrix products: BLAS and OpenMP threads would only spin
         against each other (15× slower on a busy 2-core machine), so they run single-threaded and
-        the patterns (their preparation, then their fits) are spread over ``workers`` threads
-        (default: the CPU count, at most 8).
+        the patterns are spread over ``workers`` threads (default: the CPU count, at most 8): their
+        fits, and for a batch of 64 or more their preparation too.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        s = self.settings
-        workers = workers or min(8, os.cpu_count() or 1)
-        X = np.asarray(X, np.float32)
+        X = self._rows(X)
         covered = np.ones(X.shape, bool) if covered is None else np.asarray(covered, bool)
-        k = min(int(s.candidates), len(self))
+        k = min(int(self.settings.candidates), len(self))
         n_top = k if top is None else min(int(top), k)
-        m = self.axis.points(s.max_strain)
-        shifts = np.arange(-m, m + 1)
-        penalty = (s.strain_penalty * 100 * np.abs(self.axis.strain(shifts))).astype(np.float32)[:, None]
-        norm2 = self._norms()
-
-        def fit(q: int, rows: np.ndarray) -> None:
-            # one (shifts × points) @ (points × candidates) product; row j: the pattern moved by j - m
-            padded = np.zeros(fine.shape[1] + 2 * m, np.float32)  # np.pad costs 5 % of a fit
-            padded[m:-m or None] = fine[q]
-            windows = sliding_window_view(padded, fine.shape[1])
-            cand = self.fine.take(rows, axis=0).astype(np.float32, copy=False)
-            cosine = (windows @ cand.T) / np.maximum(
-                np.sqrt(_covered_norms(cand, mask[q], m, norm2[rows])) * np.linalg.norm(windows, axis=1, keepdims=True),
-                1e-12)
-            scored = cosine - penalty
-            best = scored.argmax(axis=0)
-            score = scored[best, np.arange(k)]
-            order = np.argsort(-score, kind="stable")[:n_top]
-            out[0][q], out[1][q] = rows[order], score[order]
-            out[2][q] = cosine[best[order], order]
-            out[3][q] = self.axis.strain(shifts[best[order]])  # the measured cell relative to the entry's
-
-        faiss_index = self._index()
+        workers = workers or min(8, os.cpu_count() or 1)
         batch = len(X) >= 64  # smaller batches: splitting costs more than it saves
+        m = self.axis.points(self.settings.max_strain)
+        strains = self.axis.strain(np.arange(-m, m + 1))  # one per shift tried
+        penalty = self.settings.strain_penalty * 100 * np.abs(strains)[:, None]
+        faiss_index, norm2 = self._index(), self._norms()
         with _threads().limit(limits=1), ThreadPoolExecutor(workers) as pool:  # numpy and ndimage release the GIL
             run = pool.map if workers > 1 and len(X) > 1 else map
             parts = np.array_split(np.arange(len(X)), workers if batch else 1)
             fine, mask, coarse = (np.concatenate(a) for a in zip(*run(lambda p: self.prepare(X[p], covered[p]), parts)))
             with _threads().limit(limits=workers if batch else 1, user_api="openmp"):  # faiss splits a batch
                 _, found = faiss_index.search(coarse, k)
-            out = [np.empty((len(fine), n_top)) for _ in range(4)]
-            list(run(fit, range(len(fine)), found))
-        return Matches(out[0].astype(np.int64), *(a.astype(np.float32) for a in out[1:]))
+            fits = list(run(lambda q: self._fit(fine[q], mask[q], found[q], norm2, penalty, strains, n_top),
+                            range(len(X))))
+        rows, score, cosine, strain = (np.array([f[i] for f in fits]).reshape(len(X), n_top) for i in range(4))
+        return Matches(rows.astype(np.int64), score.astype(np.float32), cosine.astype(np.float32),
+                       strain.astype(np.float32))
+
+    def _fit(self, fine: np.ndarray, mask: np.ndarray, rows: np.ndarray, norm2: np.ndarray, penalty: np.ndarray,
+             strains: np.ndarray, n_top: int) -> tuple[np.ndarray, ...]:
+        """One pattern's candidates ``rows`` ranked by the cosine less ``penalty`` at each of the 2m + 1 shifts
+        (lattice ``strains``) tried: (rows, score, cosine, strain), best first."""
+        m = len(strains) // 2
+        # one (shifts × points) @ (points × candidates) product; row j: the pattern moved by j - m
+        padded = np.zeros(fine.size + 2 * m, np.float32)  # np.pad costs 5 % of a fit
+        padded[m:m + fine.size] = fine
+        windows = sliding_window_view(padded, fine.size)
+        cand = self.fine.take(rows, axis=0).astype(np.float32, copy=False)
+        norms = np.sqrt(_covered_norms(cand, mask, m, norm2[rows])) * np.linalg.norm(windows, axis=1, keepdims=True)
+        cosine = (windows @ cand.T) / np.maximum(norms, 1e-12)
+        scored = cosine - penalty
+        best = scored.argmax(axis=0)
+        score = scored[best, np.arange(len(rows))]
+        order = np.argsort(-score, kind="stable")[:n_top]
+        # the strain: the measured cell relative to the entry's
+        return rows[order], score[order], cosine[best[order], order], strains[best[order]]
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float32)
+        if X.ndim != 2 or X.shape[1] != self.grid.n_points:
+            raise ValueError(f"expected rows of {self.grid.n_points} points, got shape {X.shape}")
+        return X
 
     def _norms(self) -> np.ndarray:
         if self._norm2 is None:  # in chunks: a float16 index of 25,000 entries is 280 MB as float32
@@ -313,7 +321,7 @@ class LibraryIndex:
         return self._faiss
 
 
-def _threads() -> Any:
+def _threads() -> ThreadpoolController:
     """threadpoolctl's controller of the loaded BLAS and OpenMP libraries, faiss's included.
 
     Created once per process, after faiss is imported: ``threadpool_limits`` lists the loaded
@@ -327,7 +335,7 @@ def _threads() -> Any:
     return _CONTROLLER
 
 
-_CONTROLLER = None
+_CONTROLLER: ThreadpoolController | None = None
 
 
 def _vectors(rows: np.ndarray, mask: np.ndarray | None, s: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -347,22 +355,27 @@ def _covered_norms(cand: np.ndarray, mask: np.ndarray, m: int, norm2: np.ndarray
 
     Row j covers the candidate points p where ``mask[p + j - m]``. When the coverage is one run of
     points [a, b) (nearly every scan), that is the range [a + m - j, b + m - j): the whole norm less
-    two edge sums of at most a + 2m and n - b + 2m points, a fraction of the product with the shifted
-    masks that scans with gaps still take.
+    two edge sums of at most a + m and n - b + m points, a fraction of the product with the shifted
+    masks that scans with gaps take. Where that difference is below 1e-6 of the whole norm (a
+    candidate with almost nothing in a short scan's range) it has lost its digits to cancellation,
+    and those candidates take the product too.
     """
     n = mask.size
     edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
+    covers = sliding_window_view(np.pad(mask.astype(np.float32), m), n)
     if len(edges) != 2:
-        covers = sliding_window_view(np.pad(mask.astype(np.float32), m), n)
-        return covers @ np.square(cand).T
+        return (covers @ np.square(cand).T).astype(np.float64)
     j = np.arange(2 * m + 1)
     lo, hi = np.clip(edges[0] + m - j, 0, n), np.clip(edges[1] + m - j, 0, n)
     zero = np.zeros((len(cand), 1))
     head = np.hstack([zero, np.cumsum(np.square(cand[:, :lo.max()], dtype=np.float64), axis=1)])  # points < x
     edge = np.square(cand[:, hi.min():], dtype=np.float64)[:, ::-1]
     tail = np.hstack([np.cumsum(edge, axis=1)[:, ::-1], zero])  # column i: points ≥ hi.min() + i
-    below, above = head[:, lo].T, tail[:, hi - hi.min()].T
-    return np.maximum(norm2 - below - above, 0.0)
+    norms = norm2 - head[:, lo].T - tail[:, hi - hi.min()].T
+    lost = np.flatnonzero((norms < 1e-6 * norm2).any(axis=0))
+    if len(lost):
+        norms[:, lost] = covers @ np.square(cand[lost]).T
+    return norms
 
 
 def _meta_sha256(patterns: PatternSet) -> str:
